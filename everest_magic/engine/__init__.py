@@ -1,0 +1,13 @@
+"""The engine: model and data adapters, index build and store, exact queries, baselines.
+
+Imports no IPython and no widgets; usable from a plain script.
+"""
+from .errors import (EverestError, IndexFormatError, JobCancelled, QueryError, StaleIndexError,
+                     UnknownNameError)
+from .jobs import Job
+from .result import QueryStats, Result
+from .session import Session
+from .views import View
+
+__all__ = ["Session", "Result", "QueryStats", "Job", "View", "EverestError", "QueryError",
+           "UnknownNameError", "StaleIndexError", "IndexFormatError", "JobCancelled"]

@@ -1,0 +1,79 @@
+"""Dataset adapters: give the engine batches of inputs by input id, and a fingerprint."""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .errors import QueryError
+
+Collate = Callable[[list], Any]
+
+
+class DataAdapter:
+    """Uniform access to a dataset: `len`, raw items and model-ready batches by input id.
+
+    `data` may be a tensor or ndarray (first axis = inputs), a torch `Dataset`, or any
+    sequence. Items that are `(input, label, ...)` tuples are reduced to their input.
+    `collate(list_of_items)` builds a batch (default: stack tensors).
+    """
+
+    def __init__(self, data: Any, collate: Collate | None = None, fingerprint: str | None = None):
+        self.data = data
+        self.is_array = isinstance(data, (torch.Tensor, np.ndarray))
+        self.collate = collate
+        self._fingerprint = fingerprint
+        try:
+            self.n = len(data)
+        except TypeError as e:
+            raise QueryError(f"data must have a length (got {type(data).__name__})") from e
+
+    def __len__(self) -> int:
+        return self.n
+
+    def item(self, i: int) -> Any:
+        """The raw input of id `i` (labels stripped from `(input, label)` items)."""
+        x = self.data[int(i)]
+        if not self.is_array and isinstance(x, tuple) and len(x) >= 2 and self.collate is None:
+            x = x[0]
+        return x
+
+    def batch(self, ids: Sequence[int] | np.ndarray) -> Any:
+        """A model-ready batch of the inputs `ids`, in that order."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.is_array and self.collate is None:
+            return torch.as_tensor(self.data[torch.as_tensor(ids)] if isinstance(self.data, torch.Tensor) else self.data[ids])
+        items = [self.item(i) for i in ids]
+        if self.collate is not None:
+            return self.collate(items)
+        return torch.stack([torch.as_tensor(x) for x in items])
+
+    def fingerprint(self) -> str:
+        """A hash of the data: all bytes for arrays; length plus a strided sample of items otherwise."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(str(self.n).encode())
+            if self.is_array:
+                arr = self.data.detach().cpu().numpy() if isinstance(self.data, torch.Tensor) else np.asarray(self.data)
+                h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+                h.update(np.ascontiguousarray(arr).tobytes())
+            else:
+                step = max(1, self.n // 256)
+                for i in list(range(0, self.n, step)) + [self.n - 1]:
+                    h.update(_item_bytes(self.data[i]))
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+
+def _item_bytes(x: Any) -> bytes:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy().tobytes()
+    if isinstance(x, np.ndarray):
+        return x.tobytes()
+    if isinstance(x, (tuple, list)):
+        return b"|".join(_item_bytes(v) for v in x)
+    if isinstance(x, dict):
+        return b"|".join(k.encode() + b"=" + _item_bytes(v) for k, v in sorted(x.items()))
+    return repr(x).encode()

@@ -1,0 +1,53 @@
+"""Exception types of everest_magic. Every user-facing error derives from EverestError."""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class EverestError(Exception):
+    """Base class of every error everest_magic raises on bad input or state."""
+
+
+class UnknownNameError(EverestError, KeyError):
+    """A layer, view or session name that does not exist; lists the closest valid names."""
+
+    def __init__(self, kind: str, name: str, valid: Iterable[str]):
+        valid = list(valid)
+        self.kind, self.name, self.valid = kind, name, valid
+        self.suggestions = suggest(name, valid)
+        msg = f"unknown {kind} {name!r}"
+        if self.suggestions:
+            msg += f"; did you mean {', '.join(repr(s) for s in self.suggestions)}?"
+        elif valid:
+            shown = ", ".join(valid[:12]) + (", ..." if len(valid) > 12 else "")
+            msg += f"; valid {kind}s: {shown}"
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class QueryError(EverestError, ValueError):
+    """A query whose arguments are invalid (k <= 0, neuron out of range, negative weight...)."""
+
+
+class StaleIndexError(EverestError):
+    """The index file was built for a different model or dataset."""
+
+
+class IndexFormatError(EverestError):
+    """The index file is not a complete everest index of a supported format version."""
+
+
+class JobCancelled(EverestError):
+    """The job was cancelled before it finished."""
+
+
+def suggest(name: str, valid: Iterable[str], n: int = 3) -> list[str]:
+    """The closest valid names to `name` (by difflib ratio, then by shared prefix)."""
+    valid = list(valid)
+    close = difflib.get_close_matches(name, valid, n=n, cutoff=0.5)
+    if not close:
+        close = [v for v in valid if v.startswith(name) or name.startswith(v)][:n]
+    return close

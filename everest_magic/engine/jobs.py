@@ -1,0 +1,128 @@
+"""Background jobs: a thread per job with progress, cancellation and a result."""
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+from .errors import JobCancelled
+
+
+class Job:
+    """A unit of work on a background thread.
+
+    The work function receives the job and should call `job.step(done, total)` from time
+    to time; `step` raises `JobCancelled` once `cancel()` was called.
+    """
+
+    _ids = iter(range(1, 1 << 62))
+
+    def __init__(self, fn: Callable[["Job"], Any], description: str = "", start: bool = True):
+        self.id = next(Job._ids)
+        self.description = description
+        self.done = 0
+        self.total = 0
+        self.status = "pending"   # pending, running, done, failed, cancelled
+        self.error: BaseException | None = None
+        self.traceback = ""
+        self.started = self.finished = None
+        self._fn = fn
+        self._value: Any = None
+        self._cancel = threading.Event()
+        self._finished = threading.Event()
+        self._listeners: list[Callable[["Job"], None]] = []
+        self._thread: threading.Thread | None = None
+        if start:
+            self.start()
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> "Job":
+        ctx = contextvars.copy_context()
+        self._thread = threading.Thread(target=ctx.run, args=(self._run,), name=f"everest-job-{self.id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def run_here(self) -> Any:
+        """Run the job on the calling thread and return its result."""
+        self._run()
+        return self.result()
+
+    def _run(self) -> None:
+        self.status, self.started = "running", time.time()
+        self._notify()
+        try:
+            self._value = self._fn(self)
+            self.status = "done"
+        except JobCancelled as e:
+            self.status, self.error = "cancelled", e
+        except BaseException as e:  # reported through result()
+            self.status, self.error, self.traceback = "failed", e, traceback.format_exc()
+        self.finished = time.time()
+        self._finished.set()
+        self._notify()
+
+    # -- used by the work function ---------------------------------------------------------
+    def step(self, done: int, total: int | None = None) -> None:
+        """Report progress; raises JobCancelled if cancellation was requested."""
+        self.done = done
+        if total is not None:
+            self.total = total
+        if self._cancel.is_set():
+            raise JobCancelled(f"job {self.id} ({self.description}) was cancelled")
+        self._notify()
+
+    def check(self) -> None:
+        if self._cancel.is_set():
+            raise JobCancelled(f"job {self.id} ({self.description}) was cancelled")
+
+    # -- used by callers ------------------------------------------------------------------
+    def cancel(self) -> bool:
+        """Ask the job to stop at its next progress step; True if it was still running."""
+        if self._finished.is_set():
+            return False
+        self._cancel.set()
+        return True
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def progress(self) -> float:
+        return 1.0 if self.status == "done" else (self.done / self.total if self.total else 0.0)
+
+    @property
+    def seconds(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.finished or time.time()) - self.started
+
+    def is_done(self) -> bool:
+        return self._finished.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._finished.wait(timeout)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job; return its value or raise its error."""
+        if not self._finished.wait(timeout):
+            raise TimeoutError(f"job {self.id} still running after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self._value
+
+    def on_change(self, fn: Callable[["Job"], None]) -> None:
+        """Call `fn(job)` on every progress step and status change (from the job's thread)."""
+        self._listeners.append(fn)
+
+    def _notify(self) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn(self)
+            except Exception:  # a listener must never break the job
+                pass
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.description!r} {self.status} {self.done}/{self.total}>"

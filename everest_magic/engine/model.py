@@ -1,0 +1,155 @@
+"""Running the model: forward hooks by module path, canonical batches, early exit."""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .data import DataAdapter
+from .errors import UnknownNameError
+from .views import View
+
+Forward = Callable[[torch.nn.Module, Any], Any]
+
+
+class _StopForward(Exception):
+    """Raised from a hook once every requested layer output is captured."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`"auto"` -> cuda when present, else cpu."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move tensors inside a batch (tensor, mapping, list or tuple) to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def default_forward(model: torch.nn.Module, batch: Any) -> Any:
+    """`model(**batch)` for mappings (e.g. tokenizer output), else `model(batch)`."""
+    return model(**batch) if isinstance(batch, Mapping) else model(batch)
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of every parameter and buffer (names, shapes, dtypes and bytes)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+class Runner:
+    """Computes view activations of inputs by id.
+
+    Every forward pass runs a batch of exactly `batch_size` inputs (a short batch is
+    padded with copies of its first input), so an input's activations do not depend on
+    which other inputs share its batch: recomputation at query time reproduces the
+    values seen at index time bit for bit on batch-invariant models.
+    """
+
+    def __init__(self, model: torch.nn.Module, data: DataAdapter, device: str = "auto",
+                 batch_size: int = 64, forward: Forward | None = None, early_exit: bool = True):
+        self.model = model
+        self.data = data
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
+        self.forward = forward or default_forward
+        self.early_exit = early_exit
+        self.model.eval().to(self.device)
+        self.modules = dict(model.named_modules())
+        self.modules.pop("", None)
+        self.forward_passes = 0
+
+    def module(self, layer: str) -> torch.nn.Module:
+        """The module at a `named_modules()` path, or an error naming the closest paths."""
+        if layer not in self.modules:
+            raise UnknownNameError("layer", layer, self.modules)
+        return self.modules[layer]
+
+    def capture(self, layers: Sequence[str], batch: Any) -> dict[str, torch.Tensor]:
+        """Outputs of `layers` for one batch (the forward stops after the last of them)."""
+        outs: dict[str, torch.Tensor] = {}
+        wanted = set(layers)
+
+        def hook(name):
+            def fn(_module, _inp, out):
+                if isinstance(out, (tuple, list)):
+                    out = out[0]
+                elif hasattr(out, "last_hidden_state"):
+                    out = out.last_hidden_state
+                outs[name] = out
+                if self.early_exit and wanted.issubset(outs):
+                    raise _StopForward
+            return fn
+
+        handles = [self.module(name).register_forward_hook(hook(name)) for name in wanted]
+        try:
+            with torch.inference_mode():
+                self.forward(self.model, to_device(batch, self.device))
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        self.forward_passes += 1
+        missing = wanted.difference(outs)
+        if missing:
+            raise RuntimeError(f"layers {sorted(missing)} produced no output in the forward pass")
+        return outs
+
+    def views(self, views: Sequence[View], ids: Sequence[int] | np.ndarray) -> list[np.ndarray]:
+        """Activations of `views` for inputs `ids`: one float32 array (len(ids), neurons) per view."""
+        ids = np.asarray(ids, dtype=np.int64)
+        chunks: list[list[np.ndarray]] = [[] for _ in views]
+        layers = sorted({v.layer for v in views})
+        for s in range(0, len(ids), self.batch_size):
+            part = ids[s:s + self.batch_size]
+            padded = np.concatenate([part, np.full(self.batch_size - len(part), part[0])]) if len(part) < self.batch_size else part
+            batch = self.data.batch(padded)
+            outs = self.capture(layers, batch)
+            for j, v in enumerate(views):
+                chunks[j].append(v.apply(outs[v.layer], batch)[: len(part)].cpu().numpy())
+        return [np.concatenate(c) if c else np.zeros((0, 0), np.float32) for c in chunks]
+
+    def view_shapes(self, views: Sequence[View]) -> list[tuple]:
+        """Per-input shape of each view (runs one batch)."""
+        ids = np.zeros(self.batch_size, np.int64)
+        batch = self.data.batch(ids)
+        outs = self.capture(sorted({v.layer for v in views}), batch)
+        return [tuple(v.apply_shaped(outs[v.layer], batch).shape[1:]) for v in views]
+
+    def layer_shapes(self, layers: Sequence[str] | None = None) -> dict[str, tuple]:
+        """Output shape of one input for each layer (all modules when `layers` is None)."""
+        names = list(layers) if layers is not None else list(self.modules)
+        outs: dict[str, tuple] = {}
+        handles = []
+        for name in names:
+            def fn(_m, _i, out, name=name):
+                if isinstance(out, (tuple, list)):
+                    out = out[0]
+                elif hasattr(out, "last_hidden_state"):
+                    out = out.last_hidden_state
+                if isinstance(out, torch.Tensor):
+                    outs[name] = tuple(out.shape[1:])
+            handles.append(self.module(name).register_forward_hook(fn))
+        try:
+            with torch.inference_mode():
+                self.forward(self.model, to_device(self.data.batch([0]), self.device))
+        finally:
+            for h in handles:
+                h.remove()
+        return outs

@@ -1,0 +1,379 @@
+"""Session: a model, a dataset and an index file, and the queries over them."""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from . import query as Q
+from .build import DEFAULT_P, DEFAULT_RATIO, DEFAULT_SCHEME, build_views
+from .cache import ActivationCache
+from .data import Collate, DataAdapter
+from .errors import QueryError, UnknownNameError
+from .jobs import Job
+from .model import Forward, Runner, model_fingerprint
+from .result import QueryStats, Result
+from .store import IndexStore, ViewInfo
+from .views import REDUCTIONS, View, ViewFn
+
+NeuronSpec = Any  # int, tuple of ints, or a sequence of those
+
+
+class Session:
+    """Exact interpretation-by-example queries over one model and one dataset.
+
+    >>> s = Session(model, images, index="mnist_index.h5")
+    >>> s.build_index(["conv2", "fc1"]).result()
+    >>> s.topk("conv2", neurons=[5, 17, 301], k=10, by="sum").ids
+
+    The model runs on `device` ("auto": cuda when present, else cpu) in batches of
+    `batch_size`; views are built lazily on their first query unless `lazy=False`.
+    An index built for other weights or other data is refused; `rebuild=True` discards it.
+    """
+
+    def __init__(self, model: torch.nn.Module, data: Any, index: str | os.PathLike | None = None, *,
+                 labels: Sequence | np.ndarray | None = None, collate: Collate | None = None,
+                 forward: Forward | None = None, device: str = "auto", batch_size: int = 64,
+                 memory_budget: int = 4 << 30, cache_bytes: int = 512 << 20,
+                 partitions: int = DEFAULT_P, ratio: float = DEFAULT_RATIO, scheme: str = DEFAULT_SCHEME,
+                 tolerance: float = 1e-5, lazy: bool = True, rebuild: bool = False,
+                 data_fingerprint: str | None = None, name: str = "default"):
+        if not isinstance(model, torch.nn.Module):
+            raise QueryError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if batch_size < 1:
+            raise QueryError("batch_size must be >= 1")
+        self.name = name
+        self.data = DataAdapter(data, collate, data_fingerprint)
+        self.n = len(self.data)
+        if self.n == 0:
+            raise QueryError("the dataset is empty")
+        self.labels = None if labels is None else np.asarray(labels)
+        if self.labels is not None and len(self.labels) != self.n:
+            raise QueryError(f"{len(self.labels)} labels for {self.n} inputs")
+        self.runner = Runner(model, self.data, device=device, batch_size=batch_size, forward=forward)
+        self.cache = ActivationCache(cache_bytes)
+        self.memory_budget = memory_budget
+        self.partitions, self.ratio, self.scheme = partitions, ratio, scheme
+        self.tolerance = tolerance
+        self.lazy = lazy
+        self._tmpdir = None
+        if index is None:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="everest-")
+            index = Path(self._tmpdir.name) / "index.h5"
+        self.index_path = Path(index)
+        if rebuild and self.index_path.exists():
+            self.index_path.unlink()
+        self.model_fingerprint = model_fingerprint(model)
+        self.store = IndexStore(self.index_path, self.model_fingerprint, self.data.fingerprint(), self.n)
+        self._custom: dict[str, View] = {}
+        self._model_lock = threading.RLock()
+        self._build_lock = threading.Lock()
+        self.jobs: list[Job] = []
+        self.history: list[Result] = []
+
+    # -- views and layers ---------------------------------------------------------------
+    def add_view(self, name: str, layer: str, fn: ViewFn) -> View:
+        """Register a user view `fn(layer_output, batch) -> tensor (batch, ...)` under `name`."""
+        self.runner.module(layer)
+        v = View(name=name, layer=layer, fn=fn)
+        self._custom[name] = v
+        return v
+
+    def view(self, name: str) -> View:
+        """The view called `name`: a layer path, `layer:mean|max|token_mean|token_max`, or a registered view."""
+        if isinstance(name, View):
+            return name
+        if name in self._custom:
+            return self._custom[name]
+        v = View.parse(name)
+        if v.layer not in self.runner.modules:
+            raise UnknownNameError("layer", v.layer, list(self.runner.modules) + list(self._custom))
+        if v.reduce is not None and v.reduce not in REDUCTIONS:
+            raise UnknownNameError("view reduction", v.reduce, REDUCTIONS)
+        return v
+
+    def layers(self) -> list[dict]:
+        """Every module path with its type, output shape (of one input) and indexed views."""
+        shapes = self._locked(self.runner.layer_shapes)
+        indexed = self.store.views
+        rows = []
+        for name, mod in self.runner.modules.items():
+            views = [v for v, info in indexed.items() if info.definition.get("layer") == name]
+            rows.append({"layer": name, "type": type(mod).__name__, "shape": shapes.get(name), "indexed": views})
+        return rows
+
+    def indexed(self) -> dict[str, ViewInfo]:
+        """The complete views of the index file."""
+        return dict(self.store.views)
+
+    def shape(self, view: str) -> tuple:
+        """Per-input shape of a view."""
+        v = self.view(view)
+        if v.name in self.store.views:
+            return self.store.views[v.name].shape
+        return self._locked(self.runner.view_shapes, [v])[0]
+
+    # -- building -------------------------------------------------------------------------
+    def build_index(self, views: str | Iterable[str], wait: bool = False, *, partitions: int | None = None,
+                    ratio: float | None = None, scheme: str | None = None) -> Job:
+        """Build views in one inference pass, on a background thread; returns the Job."""
+        names = [views] if isinstance(views, str) else list(views)
+        vs = [self.view(v) for v in names]
+        if not vs:
+            raise QueryError("no views to index")
+        P = partitions or self.partitions
+        r = self.ratio if ratio is None else ratio
+        sch = scheme or self.scheme
+        if not 1 <= P <= 65535:
+            raise QueryError("partitions must be between 1 and 65535")
+        if not 0 <= r <= 1:
+            raise QueryError("ratio must be between 0 and 1")
+
+        def work(job: Job):
+            with self._build_lock:
+                runner = _LockedRunner(self.runner, self._model_lock)
+                return build_views(runner, self.store, vs, job, partitions=P, ratio=r, scheme=sch,
+                                   memory_budget=self.memory_budget)
+
+        job = Job(work, f"index {' '.join(names)}", start=False)
+        self.jobs.append(job)
+        if wait:
+            job.run_here()
+        else:
+            job.start()
+        return job
+
+    def ensure_indexed(self, view: str) -> ViewInfo:
+        """The view's index, building it now when missing and the session is lazy."""
+        v = self.view(view)
+        if v.name not in self.store.views:
+            if not self.lazy:
+                raise QueryError(f"view {v.name!r} is not indexed; run session.build_index([{v.name!r}])")
+            self.build_index([v.name], wait=True)
+        return self.store.view(v.name)
+
+    # -- activations ------------------------------------------------------------------------
+    def fetch(self, view: str, ids: np.ndarray, stats: QueryStats | None = None) -> np.ndarray:
+        """Activations (len(ids), m) of a view, from the cache or recomputed in batches."""
+        ids = np.asarray(ids, np.int64)
+        v = self.view(view)
+        found, rows = self.cache.get(v.name, ids)
+        out = None
+        if rows:
+            out = np.empty((len(ids), rows[0].shape[0]), np.float32)
+            out[found] = np.stack(rows)
+        missing = ids[~found]
+        if len(missing):
+            new = self._locked(self.runner.views, [v], missing)[0]
+            self.cache.put(v.name, missing, new)
+            if out is None:
+                out = np.empty((len(ids), new.shape[1]), np.float32)
+            out[~found] = new
+            if stats is not None:
+                stats.inputs_recomputed += len(missing)
+                stats.batches += -(-len(missing) // self.runner.batch_size)
+        if stats is not None:
+            stats.inputs_from_cache += int(found.sum())
+        return out
+
+    def activations(self, view: str, ids: int | Sequence[int] | np.ndarray) -> np.ndarray:
+        """Activations of inputs `ids` in a view, float32 (len(ids), neurons)."""
+        ids = self._ids(ids)
+        return self.fetch(view, ids)
+
+    def top_neurons(self, input_id: int, view: str, count: int = 10) -> np.ndarray:
+        """Flat ids of the `count` most activated neurons of one input (ties: smaller id)."""
+        row = self.activations(view, [self._target_id(input_id)])[0]
+        count = self._k(count)
+        return np.lexsort((np.arange(len(row)), -row))[:count]
+
+    def external_activations(self, view: str, x: Any) -> np.ndarray:
+        """Activations (neurons,) of one input that is not in the dataset."""
+        v = self.view(view)
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        sample = self.data.item(0)
+        if isinstance(x, torch.Tensor) and isinstance(sample, torch.Tensor | np.ndarray):
+            want = tuple(np.shape(sample))
+            if tuple(x.shape) != want and tuple(x.shape) == (1,) + want:
+                x = x[0]
+            if tuple(x.shape) != want:
+                raise QueryError(f"target tensor has shape {tuple(x.shape)}; an input of this dataset has shape {want}")
+        items = [x] * self.runner.batch_size
+        batch = self.data.collate(items) if self.data.collate else torch.stack([torch.as_tensor(i) for i in items])
+        outs = self._locked(self.runner.capture, [v.layer], batch)
+        return v.apply(outs[v.layer], batch)[0].cpu().numpy()
+
+    # -- queries ------------------------------------------------------------------------------
+    def topk(self, view: str, neurons: NeuronSpec, k: int = 10, by: str | Sequence[float] = "sum",
+             lowest: bool = False, filter: Any = None) -> Result:
+        """The k inputs with the highest (lowest, with `lowest=True`) aggregate activation.
+
+        `neurons`: flat indices or index tuples of the view's output; `by`: "sum", "mean",
+        "max", "l2" or non-negative weights (one per neuron); `filter`: the input ids (or a
+        boolean mask over inputs) allowed in the answer.
+        """
+        v = self.view(view)
+        k = self._k(k)
+        info = self.ensure_indexed(v.name)
+        group = self.neuron_ids(v.name, neurons, info.shape)
+        agg = Q.make_aggregation(by, len(group))
+        allowed = self._allowed(filter)
+        ids, scores, stats = Q.topk(self, v.name, group, k, agg, lowest, allowed, self.runner.batch_size)
+        params = {"by": agg.label if agg.weights is None else list(agg.weights), "k": k, "filter": filter is not None}
+        return self._result("bottomk" if lowest else "topk", v.name, group, ids, scores, stats, params)
+
+    def bottomk(self, view: str, neurons: NeuronSpec, k: int = 10, by: str | Sequence[float] = "sum",
+                filter: Any = None) -> Result:
+        """`topk(..., lowest=True)`."""
+        return self.topk(view, neurons, k, by, lowest=True, filter=filter)
+
+    def knn(self, target: Any, view: str, neurons: NeuronSpec, k: int = 10, metric: str = "l2",
+            include_target: bool = False, filter: Any = None) -> Result:
+        """The k inputs nearest to `target` in the activation space of a neuron group.
+
+        `target` is a dataset input id or an external input (a tensor shaped like one
+        input). A dataset target is left out of its own answer unless `include_target`;
+        its exact duplicates (distance 0) are always eligible. `metric`: "l2", "l1",
+        "linf" (exact, index-accelerated) or "cosine" (exact scan).
+        """
+        v = self.view(view)
+        k = self._k(k)
+        info = self.ensure_indexed(v.name)
+        group = self.neuron_ids(v.name, neurons, info.shape)
+        allowed = self._allowed(filter)
+        pre = QueryStats(n=self.n)
+        if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+            tid = self._target_id(target)
+            trow = self.fetch(v.name, np.array([tid]), pre)[0]
+            if not include_target:
+                allowed = allowed.copy()
+                allowed[tid] = False
+            target_desc: Any = int(tid)
+        elif isinstance(target, (torch.Tensor, np.ndarray)) or (self.data.collate is not None and not isinstance(target, bool)):
+            trow = self.external_activations(v.name, target)
+            pre.inputs_recomputed += 1
+            pre.batches += 1
+            target_desc = "external"
+        else:
+            raise QueryError(f"knn target must be an input id (int in [0, {self.n})) or an input tensor, "
+                             f"got {type(target).__name__}")
+        ids, scores, stats = Q.knn(self, v.name, group, k, trow[group], metric, allowed, self.runner.batch_size)
+        stats.inputs_recomputed += pre.inputs_recomputed
+        stats.inputs_from_cache += pre.inputs_from_cache
+        stats.batches += pre.batches
+        params = {"target": target_desc, "metric": metric, "k": k, "include_target": include_target,
+                  "filter": filter is not None}
+        return self._result("knn", v.name, group, ids, scores, stats, params)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def neuron_ids(self, view: str, neurons: NeuronSpec, shape: tuple | None = None) -> np.ndarray:
+        """Flat neuron ids of a group given as ints and/or index tuples of the view's shape."""
+        shape = tuple(shape if shape is not None else self.shape(view))
+        m = int(np.prod(shape))
+        if isinstance(neurons, (int, np.integer)) or (isinstance(neurons, tuple) and all(isinstance(x, (int, np.integer)) for x in neurons) and len(neurons) == len(shape) and len(shape) > 1):
+            neurons = [neurons]
+        if isinstance(neurons, (torch.Tensor, np.ndarray)):
+            neurons = np.asarray(neurons).tolist()
+        out = []
+        for item in neurons:
+            if isinstance(item, (tuple, list)):
+                if len(item) != len(shape):
+                    raise QueryError(f"neuron {tuple(item)} has {len(item)} indices; view {view!r} has shape {shape}")
+                for ax, (i, s) in enumerate(zip(item, shape)):
+                    if not 0 <= int(i) < s:
+                        raise QueryError(f"neuron {tuple(item)}: index {i} on axis {ax} is out of range [0, {s}) for view {view!r} of shape {shape}")
+                out.append(int(np.ravel_multi_index(tuple(int(i) for i in item), shape)))
+            elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                if not 0 <= int(item) < m:
+                    raise QueryError(f"neuron {item} is out of range: view {view!r} has {m} neurons (shape {shape})")
+                out.append(int(item))
+            else:
+                raise QueryError(f"a neuron must be an int or an index tuple, got {item!r}")
+        if not out:
+            raise QueryError("the neuron group is empty")
+        return np.asarray(out, np.int64)
+
+    def _k(self, k: Any) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise QueryError(f"k must be a positive int, got {k!r}")
+        if k <= 0:
+            raise QueryError(f"k must be >= 1, got {k}")
+        return int(k)
+
+    def _target_id(self, i: Any) -> int:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= int(i) < self.n:
+            raise QueryError(f"input id {i!r} is out of range [0, {self.n})")
+        return int(i)
+
+    def _ids(self, ids: Any) -> np.ndarray:
+        arr = np.atleast_1d(np.asarray(ids))
+        if arr.dtype.kind not in "iu":
+            raise QueryError(f"input ids must be integers, got {arr.dtype}")
+        if len(arr) and (arr.min() < 0 or arr.max() >= self.n):
+            raise QueryError(f"input ids must lie in [0, {self.n})")
+        return arr.astype(np.int64)
+
+    def _allowed(self, filter: Any) -> np.ndarray:
+        if filter is None:
+            return np.ones(self.n, bool)
+        arr = np.asarray(filter)
+        if arr.dtype == bool:
+            if arr.shape != (self.n,):
+                raise QueryError(f"a boolean filter needs one entry per input ({self.n}), got shape {arr.shape}")
+            return arr.copy()
+        allowed = np.zeros(self.n, bool)
+        allowed[self._ids(arr)] = True
+        return allowed
+
+    def _result(self, kind, view, group, ids, scores, stats, params) -> Result:
+        labels = self.labels[ids] if self.labels is not None else None
+        r = Result(kind=kind, view=view, neurons=group, ids=np.asarray(ids, np.int64), scores=np.asarray(scores),
+                   stats=stats, params=params, labels=labels)
+        self.history.append(r)
+        return r
+
+    def _locked(self, fn, *args):
+        with self._model_lock:
+            return fn(*args)
+
+    def close(self) -> None:
+        """Cancel running jobs and close the index file."""
+        for j in self.jobs:
+            j.cancel()
+        for j in self.jobs:
+            j.wait(10)
+        self.store.close()
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<Session {self.name!r}: {type(self.runner.model).__name__} on {self.runner.device}, "
+                f"{self.n} inputs, index {str(self.index_path)!r} ({len(self.store.views)} views)>")
+
+
+class _LockedRunner:
+    """A Runner whose forward passes take the session's model lock one batch at a time."""
+
+    def __init__(self, runner: Runner, lock: threading.RLock):
+        self._runner, self._lock = runner, lock
+        self.data, self.batch_size, self.device = runner.data, runner.batch_size, runner.device
+
+    def views(self, views, ids):
+        with self._lock:
+            return self._runner.views(views, ids)
+
+    def view_shapes(self, views):
+        with self._lock:
+            return self._runner.view_shapes(views)

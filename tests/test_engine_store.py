@@ -1,0 +1,183 @@
+"""The index file: persistence, staleness, interrupted builds, spilling, format."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import tables
+import torch
+
+import everest_magic as em
+from everest_magic.engine.baselines import ReprocessAll
+from everest_magic.engine.partition import partition_of
+
+
+def _queries(s):
+    out = []
+    for view in ["conv1", "fc1"]:
+        out.append(s.topk(view, [1, 5, 9], k=15).ids.tolist())
+        out.append(s.bottomk(view, [2, 3], k=7, by="max").ids.tolist())
+        out.append(s.knn(17, view, [1, 5, 9, 11], k=12, metric="l1").ids.tolist())
+    return out
+
+
+def test_close_and_reopen_gives_identical_answers(digits_cnn, tmp_path):
+    model, x, y = digits_cnn
+    path = tmp_path / "idx.h5"
+    s = em.Session(model, x, index=path)
+    s.build_index(["conv1", "fc1"], wait=True)
+    before = _queries(s)
+    s.close()
+    s2 = em.Session(model, x, index=path, lazy=False)
+    assert set(s2.indexed()) == {"conv1", "fc1"}
+    assert _queries(s2) == before
+    s2.close()
+
+
+def test_changed_model_or_data_is_refused_with_rebuild_advice(digits_cnn, tmp_path):
+    model, x, y = digits_cnn
+    path = tmp_path / "idx.h5"
+    em.Session(model, x, index=path).build_index("fc1", wait=True)
+    other = type(model)()
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        other.fc2.bias[0] += 1e-3
+    with pytest.raises(em.StaleIndexError, match="different model.*rebuild=True"):
+        em.Session(other, x, index=path)
+    x2 = x.clone()
+    x2[3, 0, 4, 4] += 0.5
+    with pytest.raises(em.StaleIndexError, match="different data.*rebuild=True"):
+        em.Session(model, x2, index=path)
+    with pytest.raises(em.StaleIndexError, match="different data"):
+        em.Session(model, x[:-1], index=path)
+    s = em.Session(other, x, index=path, rebuild=True)
+    assert s.indexed() == {}
+    s.close()
+
+
+def test_not_an_index_is_refused(digits_cnn, tmp_path):
+    model, x, _ = digits_cnn
+    bad = tmp_path / "garbage.h5"
+    bad.write_bytes(b"this is not hdf5")
+    with pytest.raises(em.IndexFormatError, match="not a readable HDF5 index"):
+        em.Session(model, x, index=bad)
+    plain = tmp_path / "plain.h5"
+    with tables.open_file(str(plain), "w") as h:
+        h.create_array("/", "a", np.arange(3))
+    with pytest.raises(em.IndexFormatError, match="not an everest index"):
+        em.Session(model, x, index=plain)
+
+
+def test_cancelled_build_leaves_previous_index_untouched(digits_cnn, tmp_path):
+    model, x, _ = digits_cnn
+    path = tmp_path / "idx.h5"
+    s = em.Session(model, x, index=path, batch_size=8)
+    s.build_index("fc1", wait=True)
+    before = path.read_bytes()
+    job = s.build_index(["conv1", "conv2"])
+    while job.done == 0 and not job.is_done():
+        time.sleep(0.005)
+    assert job.cancel()
+    with pytest.raises(em.JobCancelled):
+        job.result(60)
+    assert job.status == "cancelled"
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob("*.partial-*")) and not list(tmp_path.glob(".everest-spill-*"))
+    assert set(s.indexed()) == {"fc1"}
+    # the session stays usable
+    assert len(s.topk("fc1", [0, 1], k=5).ids) == 5
+    s.close()
+
+
+def test_killed_build_never_reads_as_complete(digits_cnn, tmp_path):
+    """SIGKILL in the middle of a build: the index file is absent or lacks the view."""
+    path = tmp_path / "idx.h5"
+    script = textwrap.dedent(f"""
+        import sys, time, torch
+        sys.path.insert(0, {os.getcwd()!r})
+        import everest_magic as em
+        from everest_magic import examples as ex
+        model, x, y = ex.trained_digits_cnn(epochs=1)
+        torch.save(model.state_dict(), {str(tmp_path / 'w.pt')!r})
+        s = em.Session(model, x, index={str(path)!r}, batch_size=4)
+        job = s.build_index(["conv1", "conv2", "fc1"])
+        while job.done < 200:
+            time.sleep(0.001)
+        print("building", flush=True)
+        time.sleep(30)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "building"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    from everest_magic import examples as ex
+    model = ex.DigitsCNN()
+    model.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))
+    x, _ = ex.load_digits()
+    s = em.Session(model, x, index=path, lazy=False)
+    assert s.indexed() == {}
+    with pytest.raises(em.QueryError, match="not indexed"):
+        s.topk("conv1", [0], k=3)
+    s.close()
+
+
+def test_spilled_build_equals_in_memory_build(digits_cnn, tmp_path):
+    model, x, _ = digits_cnn
+    a = em.Session(model, x, index=tmp_path / "ram.h5")
+    sa = a.build_index(["conv1", "conv2:mean"], wait=True).result()
+    b = em.Session(model, x, index=tmp_path / "spill.h5", memory_budget=200_000)
+    sb = b.build_index(["conv1", "conv2:mean"], wait=True).result()
+    assert not sa["conv1"]["spilled"] and sb["conv1"]["spilled"]
+    with tables.open_file(str(tmp_path / "ram.h5")) as ha, tables.open_file(str(tmp_path / "spill.h5")) as hb:
+        for g in ha.root.views:
+            gb = hb.get_node("/views", g._v_name)
+            for leaf in g._f_iter_nodes("Leaf"):
+                np.testing.assert_array_equal(leaf[:], gb._f_get_child(leaf.name)[:])
+    a.close(), b.close()
+
+
+def test_index_layout_partitions_and_lists(digits_cnn, tmp_path):
+    """Partitions are retrievable as slices, hold the right inputs, and have exact bounds."""
+    model, x, _ = digits_cnn
+    s = em.Session(model, x, index=tmp_path / "i.h5", partitions=16, ratio=0.01)
+    s.build_index(["conv2"], wait=True)
+    A = ReprocessAll(s).all_activations("conv2")
+    counts, bounds = s.store.summary("conv2")
+    info = s.store.view("conv2")
+    assert info.t == int(np.ceil(0.01 * s.n))
+    for neuron in [0, 17, 100, 255]:
+        members = s.store.members("conv2", neuron)
+        assert sorted(members.tolist()) == list(range(s.n))
+        p = partition_of(members, counts[neuron])
+        for j in range(16):
+            ids = s.store.partition("conv2", neuron, j)
+            assert ids.tolist() == np.flatnonzero(p == j).tolist()
+            if len(ids):
+                vals = A[ids, neuron]
+                assert vals.min() == bounds[neuron, j, 0] and vals.max() == bounds[neuron, j, 1]
+        # partitions are ordered by value
+        lo = bounds[neuron, counts[neuron] > 0, 0]
+        assert np.all(np.diff(lo) > 0)
+        top_ids, top_vals = s.store.extremes("conv2", neuron)
+        order = np.lexsort((np.arange(s.n), -A[:, neuron]))[: info.t]
+        assert top_ids.tolist() == order.tolist()
+        np.testing.assert_array_equal(top_vals, A[order, neuron])
+    meta = s.store._h.root._v_attrs
+    assert meta["format_version"] == 1 and meta["model_fingerprint"] == s.model_fingerprint
+    assert info.build["seconds_total"] > 0 and info.definition["layer"] == "conv2"
+    s.close()
+
+
+def test_lazy_build_on_first_query(digits_cnn, tmp_path):
+    model, x, _ = digits_cnn
+    s = em.Session(model, x, index=tmp_path / "lazy.h5")
+    assert s.indexed() == {}
+    r = s.topk("conv2:max", [3], k=4)
+    assert "conv2:max" in s.indexed() and len(r.ids) == 4
+    s.close()
