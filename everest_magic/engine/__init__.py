@@ -4,10 +4,10 @@ Imports no IPython and no widgets; usable from a plain script.
 """
 from .errors import (EverestError, IndexFormatError, JobCancelled, QueryError, StaleIndexError,
                      UnknownNameError)
-from .jobs import Job
+from .jobs import Job, JobManager
 from .result import QueryStats, Result
 from .session import Session
 from .views import View
 
-__all__ = ["Session", "Result", "QueryStats", "Job", "View", "EverestError", "QueryError",
+__all__ = ["Session", "Result", "QueryStats", "Job", "JobManager", "View", "EverestError", "QueryError",
            "UnknownNameError", "StaleIndexError", "IndexFormatError", "JobCancelled"]

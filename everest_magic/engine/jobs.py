@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextvars
+import queue
 import threading
 import time
 import traceback
@@ -34,13 +35,15 @@ class Job:
         self._finished = threading.Event()
         self._listeners: list[Callable[["Job"], None]] = []
         self._thread: threading.Thread | None = None
+        self.context = contextvars.copy_context()   # the caller's context (e.g. its notebook cell)
+        self.queue: str | None = None
         if start:
             self.start()
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> "Job":
-        ctx = contextvars.copy_context()
-        self._thread = threading.Thread(target=ctx.run, args=(self._run,), name=f"everest-job-{self.id}", daemon=True)
+        """Run on a new background thread, in the context of the code that created the job."""
+        self._thread = threading.Thread(target=self.context.run, args=(self._run,), name=f"everest-job-{self.id}", daemon=True)
         self._thread.start()
         return self
 
@@ -50,7 +53,14 @@ class Job:
         return self.result()
 
     def _run(self) -> None:
-        self.status, self.started = "running", time.time()
+        self.started = time.time()
+        if self._cancel.is_set():
+            self.status, self.error = "cancelled", JobCancelled(f"job {self.id} ({self.description}) was cancelled")
+            self.finished = time.time()
+            self._finished.set()
+            self._notify()
+            return
+        self.status = "running"
         self._notify()
         try:
             self._value = self._fn(self)
@@ -126,3 +136,82 @@ class Job:
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.description!r} {self.status} {self.done}/{self.total}>"
+
+
+class JobManager:
+    """Owns background jobs: one worker thread per named queue runs its jobs in order.
+
+    Model work goes to a queue per device (e.g. ``"cpu"``); index builds use their own
+    queue (``"cpu/index"``) so queries keep flowing while a build runs (the session's
+    model lock interleaves their batches).
+    """
+
+    def __init__(self):
+        self.jobs: dict[int, Job] = {}
+        self._queues: dict[str, queue.Queue] = {}
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[Job], None]] = []
+
+    def submit(self, fn: Callable[[Job], Any], description: str = "", queue_name: str = "cpu") -> Job:
+        """Queue `fn(job)`; it runs in the caller's context when its turn comes."""
+        job = Job(fn, description, start=False)
+        job.queue = queue_name
+        for listener in self._listeners:
+            job.on_change(listener)
+        with self._lock:
+            self.jobs[job.id] = job
+            q = self._queues.get(queue_name)
+            if q is None:
+                q = self._queues[queue_name] = queue.Queue()
+                threading.Thread(target=self._work, args=(q,), name=f"everest-queue-{queue_name}", daemon=True).start()
+        q.put(job)
+        for listener in self._listeners:
+            listener(job)
+        return job
+
+    def _work(self, q: queue.Queue) -> None:
+        while True:
+            job = q.get()
+            if job is None:
+                return
+            job.context.run(job._run)
+
+    def on_change(self, fn: Callable[[Job], None]) -> None:
+        """Call `fn(job)` on every change of every job submitted from now on."""
+        self._listeners.append(fn)
+
+    def get(self, job_id: int) -> Job:
+        if job_id not in self.jobs:
+            from .errors import UnknownNameError
+            raise UnknownNameError("job", str(job_id), [str(j) for j in self.jobs])
+        return self.jobs[job_id]
+
+    def cancel(self, job_id: int | None = None) -> list[Job]:
+        """Cancel one job, or every unfinished job when `job_id` is None."""
+        jobs = [self.get(job_id)] if job_id is not None else [j for j in self.jobs.values() if not j.is_done()]
+        return [j for j in jobs if j.cancel()]
+
+    def running(self) -> list[Job]:
+        return [j for j in self.jobs.values() if j.status in ("pending", "running")]
+
+    def finished(self) -> list[Job]:
+        return [j for j in self.jobs.values() if j.status == "done"]
+
+    def failed(self) -> list[Job]:
+        return [j for j in self.jobs.values() if j.status in ("failed", "cancelled")]
+
+    def status(self) -> list[dict]:
+        """One row per job: id, description, status, done, total, seconds."""
+        return [{"id": j.id, "description": j.description, "status": j.status, "done": j.done, "total": j.total,
+                 "progress": j.progress, "seconds": round(j.seconds, 2), "queue": j.queue,
+                 "error": "" if j.error is None else str(j.error)} for j in self.jobs.values()]
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Cancel everything and stop the workers."""
+        self.cancel()
+        for j in list(self.jobs.values()):
+            j.wait(timeout)
+        with self._lock:
+            for q in self._queues.values():
+                q.put(None)
+            self._queues.clear()

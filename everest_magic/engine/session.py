@@ -15,7 +15,7 @@ from .build import DEFAULT_P, DEFAULT_RATIO, DEFAULT_SCHEME, build_views
 from .cache import ActivationCache
 from .data import Collate, DataAdapter
 from .errors import QueryError, UnknownNameError
-from .jobs import Job
+from .jobs import Job, JobManager
 from .model import Forward, Runner, model_fingerprint
 from .result import QueryStats, Result
 from .store import IndexStore, ViewInfo
@@ -42,7 +42,7 @@ class Session:
                  memory_budget: int = 4 << 30, cache_bytes: int = 512 << 20,
                  partitions: int = DEFAULT_P, ratio: float = DEFAULT_RATIO, scheme: str = DEFAULT_SCHEME,
                  tolerance: float = 1e-5, lazy: bool = True, rebuild: bool = False,
-                 data_fingerprint: str | None = None, name: str = "default"):
+                 data_fingerprint: str | None = None, name: str = "default", jobs: JobManager | None = None):
         if not isinstance(model, torch.nn.Module):
             raise QueryError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if batch_size < 1:
@@ -73,7 +73,8 @@ class Session:
         self._custom: dict[str, View] = {}
         self._model_lock = threading.RLock()
         self._build_lock = threading.Lock()
-        self.jobs: list[Job] = []
+        self._own_jobs = jobs is None
+        self.jobs = jobs or JobManager()
         self.history: list[Result] = []
 
     # -- views and layers ---------------------------------------------------------------
@@ -140,13 +141,16 @@ class Session:
                 return build_views(runner, self.store, vs, job, partitions=P, ratio=r, scheme=sch,
                                    memory_budget=self.memory_budget)
 
-        job = Job(work, f"index {' '.join(names)}", start=False)
-        self.jobs.append(job)
-        if wait:
+        desc = f"index {' '.join(names)}"
+        if wait:   # on the calling thread: also safe from inside another job
+            job = Job(work, desc, start=False)
             job.run_here()
-        else:
-            job.start()
-        return job
+            return job
+        return self.jobs.submit(work, desc, queue_name=f"{self.runner.device}/index")
+
+    def submit(self, fn, description: str = "") -> Job:
+        """Run `fn(job)` on the session's model queue (a background thread); returns the Job."""
+        return self.jobs.submit(fn, description, queue_name=str(self.runner.device))
 
     def ensure_indexed(self, view: str) -> ViewInfo:
         """The view's index, building it now when missing and the session is lazy."""
@@ -343,11 +347,9 @@ class Session:
             return fn(*args)
 
     def close(self) -> None:
-        """Cancel running jobs and close the index file."""
-        for j in self.jobs:
-            j.cancel()
-        for j in self.jobs:
-            j.wait(10)
+        """Close the index file (and stop the session's own job queues)."""
+        if self._own_jobs:
+            self.jobs.shutdown()
         self.store.close()
         if self._tmpdir is not None:
             self._tmpdir.cleanup()

@@ -1,0 +1,323 @@
+"""One handler per verb of %everest, dispatched from a table.
+
+Each handler takes the parsed command and a `Context` (kernel state, user namespace,
+display function) and returns what the magic should show (or None). Engine errors about a
+layer, neuron or k are re-raised as positioned QuerySyntaxErrors pointing into the cell.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..engine import Session
+from ..engine.errors import EverestError, QueryError, UnknownNameError
+from . import parser as P
+from .state import KernelState
+
+
+@dataclass
+class Context:
+    state: KernelState
+    ns: dict
+    display: Callable[[Any], None]
+
+
+# -- positions ----------------------------------------------------------------------------
+
+def locate(text: str, keyword: str) -> tuple[int, int, str, int]:
+    """(line, column, source line, width) of the value after `keyword` in the magic text.
+
+    The magic line is line 1 (`keyword` may also be the magic verb, then its argument).
+    Falls back to line 1, column 1.
+    """
+    lines = text.split("\n")
+    first = re.sub(r"^%%?everest\s*", "", lines[0]) if lines else ""
+    for i, src in enumerate([first] + lines[1:], start=1):
+        m = re.match(rf"\s*({re.escape(keyword)})\b\s*(\S[^#]*?)?\s*(#.*)?$", src, flags=re.IGNORECASE)
+        if m and m.group(2):
+            return i, m.start(2) + 1, src, len(m.group(2))
+    return 1, 1, first, 1
+
+
+def positioned(e: EverestError, text: str, keyword: str) -> P.QuerySyntaxError:
+    """An engine error placed at `keyword`'s value in the magic text."""
+    line, col, src, width = locate(text, keyword)
+    suggestion = None
+    msg = str(e)
+    if isinstance(e, UnknownNameError) and e.suggestions:
+        suggestion = e.suggestions[0]
+        msg = msg.split("; did you mean")[0] + "; other close names: " + ", ".join(e.suggestions[1:]) if len(e.suggestions) > 1 else msg.split("; did you mean")[0]
+    return P.QuerySyntaxError(msg, line, col, src, suggestion, width)
+
+
+# -- use / layers / index ---------------------------------------------------------------------
+
+SESSION_OPTIONS = {"labels", "collate", "forward", "device", "batch_size", "memory_budget", "cache_bytes",
+                   "partitions", "ratio", "scheme", "tolerance", "lazy", "rebuild", "data_fingerprint"}
+
+
+def do_use(cmd: P.UseCommand, ctx: Context) -> Any:
+    name = P.resolve(cmd.name, ctx.ns) if cmd.name is not None else None
+    opts = dict(cmd.options)
+    if not opts:
+        if name is None:
+            return ctx.state.session()
+        return ctx.state.switch(str(name))
+    missing = [k for k in ("model", "data") if k not in opts]
+    if missing:
+        raise P.QuerySyntaxError(f"use needs {' and '.join(k + '=NAME' for k in missing)}", 1, 1,
+                                 cmd.text.split("\n")[0], None)
+    values = {k: P.resolve(v, ctx.ns) for k, v in opts.items()}
+    render = values.pop("render", None)
+    model, data = values.pop("model"), values.pop("data")
+    index = values.pop("index", None)
+    kwargs = {k: v for k, v in values.items() if k in SESSION_OPTIONS}
+    name = str(name or "default")
+    try:
+        s = Session(model, data, index=index, name=name, jobs=ctx.state.jobs, **kwargs)
+    except EverestError as e:
+        raise positioned(e, cmd.text, "use") from e
+    ctx.state.add_session(name, s, render)
+    return s
+
+
+def do_layers(cmd: P.LayersCommand, ctx: Context) -> Any:
+    import pandas as pd
+    s = ctx.state.session(cmd.session)
+    rows = s.layers()
+    for r in rows:
+        r["neurons"] = int(np.prod(r["shape"])) if r["shape"] is not None else None
+        r["indexed"] = ", ".join(r["indexed"])
+    return pd.DataFrame(rows, columns=["layer", "type", "shape", "neurons", "indexed"])
+
+
+def do_index(cmd: P.IndexCommand, ctx: Context) -> Any:
+    s = ctx.state.session(cmd.session)
+    views = [str(P.resolve(v, ctx.ns)) for v in cmd.views]
+    for v in views:
+        try:
+            s.view(v)
+        except UnknownNameError as e:
+            line, col, src, _ = locate(cmd.text, "index")
+            col += src[col - 1:].find(v)
+            raise P.QuerySyntaxError(str(e).split("; did you mean")[0], line, col, src,
+                                     e.suggestions[0] if e.suggestions else None, len(v)) from e
+    job = s.build_index(views)
+    entry = ctx.state.record(cmd.text, "index", s.name, job.id)
+    job.on_change(lambda j: j.is_done() and ctx.state.finish(entry, j.status, f"{j.seconds:.1f} s"))
+    if cmd.wait:
+        job.result()
+        return _index_table(s, views)
+    from .display import job_widget
+    ctx.display(job_widget(job))
+    return None
+
+
+def _index_table(s: Session, views: list[str]):
+    import pandas as pd
+    rows = []
+    for v in views:
+        info = s.indexed()[s.view(v).name]
+        rows.append({"view": info.name, "neurons": info.m, "MB on disk": round(info.bytes_on_disk / 1e6, 2),
+                     "% of float32": round(100 * info.size_ratio, 1), "P": info.P, "ratio": info.ratio,
+                     "build s": round(info.build.get("seconds_total", 0), 1)})
+    return pd.DataFrame(rows)
+
+
+# -- queries -----------------------------------------------------------------------------------
+
+class PendingResult:
+    """What `-o NAME` binds while a query runs; the name is rebound to the Result when done.
+
+    Attribute access waits for the result (`top.ids` blocks until it is ready).
+    """
+
+    def __init__(self, job, ns: dict, name: str):
+        self.job, self._ns, self._name = job, ns, name
+        job.on_change(self._rebind)
+
+    def _rebind(self, job) -> None:
+        if job.status == "done" and self._ns.get(self._name) is self:
+            self._ns[self._name] = job.result()
+
+    def result(self, timeout: float | None = None):
+        return self.job.result(timeout)
+
+    def done(self) -> bool:
+        return self.job.is_done()
+
+    def __getattr__(self, item: str):
+        if item.startswith("_"):
+            raise AttributeError(item)
+        return getattr(self.job.result(), item)
+
+    def __repr__(self) -> str:
+        return f"<pending everest result: job {self.job.id} {self.job.status} ({100 * self.job.progress:.0f}%)>"
+
+
+def resolve_query(cmd: P.QueryCommand, s: Session, ns: dict) -> dict:
+    """Evaluate every part of a query command into engine arguments (neurons may stay lazy)."""
+    k = P.resolve(cmd.k, ns)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        line, col, src, w = locate(cmd.text, cmd.kind)
+        raise P.QuerySyntaxError(f"k must be a positive int, got {k!r}", line, col, src, None, w)
+    layer = str(P.resolve(cmd.layer, ns))
+    if isinstance(cmd.neurons, P.Channels) and ":" not in layer:
+        layer = f"{layer}:mean"
+    try:
+        view = s.view(layer)
+    except EverestError as e:
+        raise positioned(e, cmd.text, "layer") from e
+    spec = cmd.neurons
+    if isinstance(spec, P.TopOfInput):
+        n_top, input_id = P.resolve(spec.n, ns), P.resolve(spec.input_id, ns)
+        neurons: Any = ("top", int(n_top), input_id)
+    else:
+        neurons = P.expand_neurons(spec, ns)
+    by = cmd.by
+    if isinstance(by, P.Weights):
+        by = P.expand_weights(by, ns)
+    else:
+        by = P.resolve(by, ns)
+    allowed = None
+    if cmd.filter is not None:
+        allowed = _filter_mask(cmd.filter, s, ns, cmd.text)
+    target = P.resolve(cmd.target, ns) if cmd.target is not None else None
+    return {"k": int(k), "view": view.name, "neurons": neurons, "by": by, "filter": allowed, "target": target}
+
+
+def _filter_mask(f: P.Filter, s: Session, ns: dict, text: str) -> np.ndarray:
+    value = P.resolve(f.value, ns)
+    if f.field == "labels":
+        if s.labels is None:
+            line, col, src, w = locate(text, "where")
+            raise P.QuerySyntaxError("this session has no labels: pass labels=ARRAY to %everest use", line, col, src, None, w)
+        col = s.labels
+    else:
+        col = np.arange(s.n)
+    vals = np.atleast_1d(np.asarray(value if not isinstance(value, (set, frozenset)) else sorted(value)))
+    if f.op in ("==", "!="):
+        mask = col == vals[0] if len(vals) == 1 and f.op in ("==", "!=") else np.isin(col, vals)
+    else:
+        mask = np.isin(col, vals)
+    return ~mask if f.op in ("!=", "not in") else mask
+
+
+def run_resolved(s: Session, kind: str, q: dict, metric: str, include_target: bool, text: str):
+    """Run a resolved query on the calling thread; returns the Result."""
+    neurons = q["neurons"]
+    try:
+        if isinstance(neurons, tuple) and neurons and neurons[0] == "top":
+            _, count, input_id = neurons
+            neurons = s.top_neurons(input_id, q["view"], count)
+        if kind == "knn":
+            r = s.knn(q["target"], q["view"], neurons, k=q["k"], metric=metric, include_target=include_target,
+                      filter=q["filter"])
+        else:
+            r = s.topk(q["view"], neurons, k=q["k"], by=q["by"], lowest=kind == "bottomk", filter=q["filter"])
+    except QueryError as e:
+        word = str(e)
+        key = ("neurons" if "neuron" in word else "target" if "target" in word or "input id" in word
+               else "by" if "weight" in word or "aggregation" in word else "metric" if "metric" in word else kind)
+        raise positioned(e, text, key) from e
+    r.text = text
+    return r
+
+
+def do_query(cmd: P.QueryCommand, ctx: Context) -> Any:
+    state = ctx.state
+    name = cmd.session or state.current
+    s = state.session(name)
+    q = resolve_query(cmd, s, ctx.ns)
+    if cmd.kind == "knn" and q["target"] is None:
+        line, col, src, w = locate(cmd.text, "knn")
+        raise P.QuerySyntaxError("knn needs a target line: target ID", line, col, src, None, w)
+    # neurons out of range are reported now, at their position, when the view is indexed
+    info = s.store.views.get(q["view"])
+    if info is not None and not isinstance(q["neurons"], tuple):
+        try:
+            s.neuron_ids(q["view"], q["neurons"], info.shape)
+        except QueryError as e:
+            raise positioned(e, cmd.text, "neurons" if isinstance(cmd.neurons, P.NeuronList) else "channels") from e
+
+    def work(job):
+        return run_resolved(s, cmd.kind, q, cmd.metric, cmd.include_target, cmd.text)
+
+    job = s.submit(work, cmd.text.split("\n")[0].strip())
+    entry = state.record(cmd.text, cmd.kind, s.name, job.id)
+    job.on_change(lambda j: j.is_done() and state.finish(entry, j.status, _summary(j)))
+    if cmd.output:
+        ctx.ns[cmd.output] = PendingResult(job, ctx.ns, cmd.output)
+    from .display import query_widget, result_widget
+    if cmd.wait:
+        r = job.result()
+        if cmd.output:
+            ctx.ns[cmd.output] = r
+        ctx.display(result_widget(r, s, state.renders.get(s.name), state))
+        return None
+    ctx.display(query_widget(job, s, state.renders.get(s.name), state))
+    return None
+
+
+def _summary(job) -> str:
+    if job.status != "done":
+        return str(job.error or job.status)
+    r = job.result()
+    return f"{len(r.ids)} results, {r.stats.inputs_recomputed} recomputed, {1000 * r.stats.seconds:.0f} ms"
+
+
+# -- jobs / cancel / status / help -------------------------------------------------------------
+
+def do_jobs(cmd: P.JobsCommand, ctx: Context) -> Any:
+    import pandas as pd
+    rows = ctx.state.jobs.status()
+    return pd.DataFrame(rows, columns=["id", "description", "status", "done", "total", "seconds", "error"])
+
+
+def do_cancel(cmd: P.CancelCommand, ctx: Context) -> Any:
+    cancelled = ctx.state.jobs.cancel(cmd.job)
+    if cmd.job is not None and not cancelled:
+        return f"job {cmd.job} had already finished ({ctx.state.jobs.get(cmd.job).status})"
+    return f"cancelled job{'s' if len(cancelled) != 1 else ''} {', '.join(str(j.id) for j in cancelled) or 'none (nothing was running)'}"
+
+
+def do_status(cmd: P.StatusCommand, ctx: Context) -> Any:
+    st = ctx.state
+    if not st.sessions:
+        return "no session yet: start one with  %everest use model=NET data=DATA index=FILE.h5"
+    lines = []
+    for name, s in st.sessions.items():
+        mark = "*" if name == st.current else " "
+        lines.append(f"{mark} {name}: {type(s.runner.model).__name__} on {s.runner.device}, {s.n} inputs, index {s.index_path}")
+        for v, info in s.indexed().items():
+            lines.append(f"    {v}: {info.m} neurons, {info.bytes_on_disk / 1e6:.1f} MB ({100 * info.size_ratio:.1f}% of float32)")
+        lines.append(f"    cache: {len(s.cache)} rows, {s.cache.bytes / 1e6:.1f} MB of {s.cache.max_bytes / 1e6:.0f} MB")
+    running = st.jobs.running()
+    lines.append(f"jobs: {len(running)} running, {len(st.jobs.finished())} done, {len(st.jobs.failed())} failed or cancelled")
+    return Text("\n".join(lines))
+
+
+def do_help(cmd: P.HelpCommand, ctx: Context) -> Any:
+    return Text(P.help_text(cmd.topic))
+
+
+class Text(str):
+    """A string shown as plain text (not as a quoted repr)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+DISPATCH: dict[type, Callable[[Any, Context], Any]] = {
+    P.UseCommand: do_use,
+    P.LayersCommand: do_layers,
+    P.IndexCommand: do_index,
+    P.QueryCommand: do_query,
+    P.JobsCommand: do_jobs,
+    P.CancelCommand: do_cancel,
+    P.StatusCommand: do_status,
+    P.HelpCommand: do_help,
+}

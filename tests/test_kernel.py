@@ -1,0 +1,87 @@
+"""The magics in a real Jupyter kernel (ipykernel 7 through jupyter_client).
+
+Background jobs must never block the kernel; their progress (widget trait updates sent
+from worker threads) and results must really reach the front end as iopub messages.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from kernel_util import Kernel, comm_updates, text_of
+
+SETUP = """
+import torch, numpy as np
+from everest_magic import examples as ex
+model, x, y = ex.trained_digits_cnn(epochs=3)
+x = torch.cat([x] * 6)          # ~10k inputs so that a build takes a few seconds
+y = np.concatenate([y] * 6)
+%load_ext everest_magic
+%everest use model=model data=x index=idx.h5 labels=y batch_size=8
+"""
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    k = Kernel(cwd=str(tmp_path_factory.mktemp("kernel")))
+    r = k.run(SETUP)
+    assert r.status == "ok", r.error
+    yield k
+    k.close()
+
+
+def test_build_runs_in_background_and_kernel_stays_free(kernel):
+    r = kernel.run("%everest index conv1 conv2")
+    assert r.status == "ok", r.error
+    assert r.seconds < 2.0
+    t0 = time.perf_counter()
+    r2 = kernel.run("1 + 1")
+    assert r2.status == "ok" and "2" in text_of(r2)
+    free = time.perf_counter() - t0
+    # the build is still running while the next cell has already completed
+    state = kernel.value("[j.status for j in __import__('everest_magic.magics', fromlist=['x']).kernel_state().jobs.jobs.values()]")
+    assert "running" in state, (state, free)
+    kernel.wait_for("'conv2' in __import__('everest_magic.magics', fromlist=['x']).kernel_state().session().indexed()", 300)
+    kernel.drain(0.5)
+    values = comm_updates(kernel.iopub, "value")
+    assert len(values) >= 3, "progress updates from the worker thread never reached iopub"
+    assert any(0 < v < max(values) for v in values if isinstance(v, (int, float)))
+
+
+def test_query_result_arrives_and_output_is_bound(kernel):
+    r = kernel.run("%%everest topk 12 -o top\nlayer conv2\nneurons 5, 17, 101\nby sum")
+    assert r.status == "ok", r.error
+    assert r.seconds < 2.0
+    kernel.wait_for("type(top).__name__ == 'Result'", 120)
+    ids = kernel.value("top.ids.tolist()")
+    brute = kernel.value(
+        "__import__('everest_magic.engine.baselines', fromlist=['x']).ReprocessAll("
+        "__import__('everest_magic.magics', fromlist=['x']).kernel_state().session()).topk('conv2', [5, 17, 101], k=12).ids.tolist()")
+    assert ids == brute
+    assert kernel.value("top.text.splitlines()[0]") == "'%%everest topk 12 -o top'"
+    kernel.drain(0.5)
+    # the gallery's items were pushed to the front end from the worker thread
+    levels = comm_updates(kernel.iopub, "levels")
+    assert levels and any(str(i) in str(levels[-1]) for i in eval(ids)[:3])
+
+
+def test_cancel_leaves_session_usable(kernel):
+    r = kernel.run("%everest index fc1 conv2:mean")
+    assert r.status == "ok", r.error
+    job_id = kernel.value("max(__import__('everest_magic.magics', fromlist=['x']).kernel_state().jobs.jobs)")
+    kernel.wait_for(f"__import__('everest_magic.magics', fromlist=['x']).kernel_state().jobs.get({job_id}).done > 0", 60)
+    r = kernel.run(f"%everest cancel {job_id}")
+    assert "cancelled job" in text_of(r)
+    kernel.wait_for(f"__import__('everest_magic.magics', fromlist=['x']).kernel_state().jobs.get({job_id}).status == 'cancelled'", 60)
+    assert kernel.value("sorted(__import__('everest_magic.magics', fromlist=['x']).kernel_state().session().indexed())") == "['conv1', 'conv2']"
+    r = kernel.run("%%everest knn 5 --wait -o nn\ntarget 3\nlayer conv1\nneurons top 5 of input 3")
+    assert r.status == "ok", r.error
+    assert kernel.value("len(nn.ids)") == "5"
+
+
+def test_user_error_is_one_line_with_position(kernel):
+    r = kernel.run("%%everest topk 5\nlayer conv22\nneurons 1")
+    text = text_of(r)
+    assert "UsageError" in text and "line 2, column 7" in text and "did you mean 'conv2'" in text
+    assert "Traceback" not in text
