@@ -18,3 +18,9 @@ def load_ipython_extension(ipython) -> None:
     """`%load_ext everest_magic`: register the %everest line and cell magics."""
     from .magics import load_ipython_extension as _load
     _load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    """`%unload_ext everest_magic`: cancel jobs and close every session."""
+    from .magics import unload_ipython_extension as _unload
+    _unload(ipython)

@@ -195,6 +195,7 @@ ERRORS = [
     ("cancel x", None, "the job id must be a non-negative integer", 1, 8, None),
     ("cancel 1 2", None, "unexpected '2'", 1, 10, None),
     ("help tpok", None, "no help on 'tpok'", 1, 6, "topk"),
+    ("help ''", None, "no help on", 1, 6, None),
     ("topk 3", "layer a\nneurons " + "9" * 40, "too large", 3, 9, None),
 ]
 

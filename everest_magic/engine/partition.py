@@ -3,7 +3,8 @@
 For one neuron over n inputs:
 - partitions by value: cut values at fixed rank fractions; partition j holds the inputs
   with ``cut[j] <= v < cut[j+1]``, so equal values always share a partition;
-- ``members``: input ids sorted by (partition, id), stored as uint32 deltas (modulo 2**32),
+- ``members``: input ids sorted by (partition, id), stored as deltas (uint16 modulo 2**16
+  while n <= 65536, else uint32),
   so each partition's ids are one contiguous slice and sorted runs compress to few bits;
 - ``counts`` per partition and exact ``bounds`` (min, max) of each non-empty partition;
 - top and bottom lists: the exact values and ids of the ``t`` highest and lowest
@@ -131,9 +132,14 @@ def _first_equal(row: np.ndarray, value: float, count: int) -> np.ndarray:
         end = min(len(row), end * 4)
 
 
+def member_dtype(n: int) -> np.dtype:
+    """uint16 deltas suffice (modulo 2**16) while every id fits 16 bits; else uint32."""
+    return np.dtype(np.uint16 if n <= 1 << 16 else np.uint32)
+
+
 def encode_members(members: np.ndarray) -> np.ndarray:
-    """(rows, n) ids -> uint32 deltas along each row (wrapping modulo 2**32)."""
-    d = np.empty(members.shape, np.uint32)
+    """(rows, n) ids -> deltas along each row, wrapping modulo 2**16 or 2**32."""
+    d = np.empty(members.shape, member_dtype(members.shape[1]))
     d[:, 0] = members[:, 0]
     np.subtract(members[:, 1:], members[:, :-1], out=d[:, 1:], casting="unsafe")
     return d
@@ -141,7 +147,7 @@ def encode_members(members: np.ndarray) -> np.ndarray:
 
 def decode_members(deltas: np.ndarray) -> np.ndarray:
     """Inverse of `encode_members`."""
-    return np.cumsum(deltas, axis=-1, dtype=np.uint32)
+    return np.cumsum(deltas, axis=-1, dtype=deltas.dtype)
 
 
 def partition_of(members: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ Layout::
     /                       attrs: format_version, model_fingerprint, data_fingerprint, n
     /views/<key>            attrs: name, definition (JSON), shape, P, scheme, fractions,
                                    ratio, t, complete, build (JSON: seconds, settings...)
-        members  (m, n) uint32   ids sorted by (partition, id), delta-coded; one chunk a neuron
+        members  (m, n) uint16/32  ids sorted by (partition, id), delta-coded; one chunk a neuron
         counts   (m, P) uint32   inputs per partition
         bounds   (m, P, 2) f32   exact min and max of each partition (NaN when empty)
         top_ids, top_vals, bot_ids, bot_vals  (m, t)   exact extreme lists
@@ -27,7 +27,7 @@ import numpy as np
 import tables
 
 from .errors import IndexFormatError, StaleIndexError, UnknownNameError
-from .partition import decode_members
+from .partition import decode_members, member_dtype
 
 FORMAT_VERSION = 1
 HDF5_LOCK = threading.RLock()  # HDF5 is not thread-safe: every file access holds this
@@ -220,7 +220,8 @@ class IndexWriter:
             a["name"], a["definition"], a["shape"] = name, json.dumps(definition), json.dumps(list(shape))
             a["P"], a["scheme"], a["fractions"], a["ratio"], a["t"] = P, scheme, fractions, ratio, t
             a["complete"], a["build"] = False, "{}"
-            self.h.create_carray(g, "members", tables.UInt32Atom(), (m, n), chunkshape=(1, n), filters=INT_FILTERS)
+            atom = tables.Atom.from_dtype(member_dtype(n))
+            self.h.create_carray(g, "members", atom, (m, n), chunkshape=(1, n), filters=INT_FILTERS)
             self.h.create_carray(g, "counts", tables.UInt32Atom(), (m, P), filters=INT_FILTERS)
             self.h.create_carray(g, "bounds", tables.Float32Atom(), (m, P, 2), filters=FLOAT_FILTERS)
             for side in ("top", "bot"):

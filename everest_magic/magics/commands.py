@@ -111,7 +111,7 @@ def do_index(cmd: P.IndexCommand, ctx: Context) -> Any:
     if cmd.wait:
         job.result()
         return _index_table(s, views)
-    from .display import job_widget
+    from .show import job_widget
     ctx.display(job_widget(job))
     return None
 
@@ -251,14 +251,14 @@ def do_query(cmd: P.QueryCommand, ctx: Context) -> Any:
     job.on_change(lambda j: j.is_done() and state.finish(entry, j.status, _summary(j)))
     if cmd.output:
         ctx.ns[cmd.output] = PendingResult(job, ctx.ns, cmd.output)
-    from .display import query_widget, result_widget
+    from .show import query_widget, result_widget
     if cmd.wait:
         r = job.result()
         if cmd.output:
             ctx.ns[cmd.output] = r
         ctx.display(result_widget(r, s, state.renders.get(s.name), state))
         return None
-    ctx.display(query_widget(job, s, state.renders.get(s.name), state))
+    query_widget(job, s, state.renders.get(s.name), state)
     return None
 
 

@@ -880,7 +880,7 @@ def _parse_cancel(s: _Stream, verb_tok: _Token, text: str) -> CancelCommand:
 def _parse_help(s: _Stream, verb_tok: _Token, text: str) -> HelpCommand:
     tok = s.next()
     topic = None if tok is None else tok.word()
-    if tok is not None and topic not in HELP:
+    if tok is not None and (not topic or topic not in HELP):
         raise _error(tok, f"no help on {tok.text!r}", _suggest(topic, [t for t in HELP if t]))
     s.finish("after the help topic")
     return HelpCommand(topic, text=text)
