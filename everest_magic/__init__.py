@@ -11,7 +11,13 @@ from .engine import (EverestError, IndexFormatError, Job, JobCancelled, QueryErr
 
 __version__ = "0.1.0"
 __all__ = ["Session", "Result", "QueryStats", "Job", "View", "EverestError", "QueryError",
-           "UnknownNameError", "StaleIndexError", "IndexFormatError", "JobCancelled", "__version__"]
+           "UnknownNameError", "StaleIndexError", "IndexFormatError", "JobCancelled", "session", "__version__"]
+
+
+def session(name: str | None = None) -> Session:
+    """The magics' current session in this kernel (or the one called `name`)."""
+    from .magics import kernel_state
+    return kernel_state().session(name)
 
 
 def load_ipython_extension(ipython) -> None:

@@ -41,7 +41,7 @@ QUICKSTART = [
     ("code", "%%everest knn 20 -o nn\ntarget 4711\nlayer conv2\nneurons top 10 of input 4711"),
     ("code", "print(nn)\nprint('labels of the neighbours:', nn.labels.tolist())"),
     ("md", "## Exact: the same answers as a full recomputation over all 50,000 images"),
-    ("code", "from everest_magic.engine.baselines import ReprocessAll\ns = %everest use\nbrute = ReprocessAll(s)\n"
+    ("code", "from everest_magic.engine.baselines import ReprocessAll\ns = em.session()\nbrute = ReprocessAll(s)\n"
              "checks = {\n"
              "    'topk': top.ids.tolist() == brute.topk('conv2', [5, 17, 301], k=12).ids.tolist(),\n"
              "    'bottomk': low.ids.tolist() == brute.bottomk('fc1', list(range(10)), k=8, by='mean').ids.tolist(),\n"
@@ -73,7 +73,7 @@ TEXT = [
     ("code", "%%everest knn 8 -o nn\ntarget 42\nlayer encoder.layer.3.intermediate:token_mean\nneurons top 10 of input 42"),
     ("code", "print('target:', sentences[42])\nfor i, d in zip(nn.ids, nn.scores):\n    print(f'{d:7.3f}  {sentences[i][:100]}')"),
     ("md", "## A sentence that is not in the dataset"),
-    ("code", "s = %everest use\nquery = 'Return the number of items in a container.'\n"
+    ("code", "s = em.session()\nquery = 'Return the number of items in a container.'\n"
              "r = s.knn(query, 'encoder.layer.3.intermediate:token_mean', s.top_neurons(42, 'encoder.layer.3.intermediate:token_mean', 10), k=5)\n"
              "for i, d in zip(r.ids, r.scores):\n    print(f'{d:7.3f}  {sentences[i][:100]}')"),
     ("md", "## Exact against a full recomputation"),

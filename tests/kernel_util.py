@@ -27,7 +27,8 @@ class Kernel:
 
     def __init__(self, cwd: str, env: dict | None = None):
         self.km = KernelManager(kernel_name="python3")
-        self.km.start_kernel(cwd=cwd, env=env)
+        import os
+        self.km.start_kernel(cwd=cwd, env={**os.environ, **(env or {})})
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)

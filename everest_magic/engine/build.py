@@ -22,7 +22,7 @@ from .partition import cut_fractions, partition_block
 from .store import HDF5_LOCK, IndexStore
 from .views import View
 
-DEFAULT_P = 16
+DEFAULT_P = 32
 DEFAULT_RATIO = 0.002
 DEFAULT_SCHEME = "tails"
 

@@ -181,7 +181,7 @@ def check_header(h: tables.File, path: Path, model_fp: str, data_fp: str, n: int
 def _view_info(g: tables.Group) -> ViewInfo:
     a = g._v_attrs
     size = sum(leaf.size_on_disk for leaf in g._f_iter_nodes("Leaf"))
-    return ViewInfo(name=a["name"], key=g._v_name, definition=json.loads(a["definition"]), shape=tuple(json.loads(a["shape"])),
+    return ViewInfo(name=str(a["name"]), key=g._v_name, definition=json.loads(a["definition"]), shape=tuple(json.loads(a["shape"])),
                     n=int(g.members.shape[1]), m=int(g.members.shape[0]), P=int(a["P"]), scheme=str(a["scheme"]),
                     ratio=float(a["ratio"]), t=int(a["t"]), build=json.loads(a["build"]), bytes_on_disk=int(size))
 

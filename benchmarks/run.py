@@ -1,0 +1,415 @@
+"""Benchmarks: everest_magic against the baselines, on real models and real data.
+
+    python benchmarks/run.py              # the full run (< 15 min on a 2-core CPU machine)
+    python benchmarks/run.py --smoke      # a tiny run that proves the script works (< 2 min)
+
+Writes under ``--out`` (default ``benchmarks/out/``, ``benchmarks/out/smoke/`` with
+``--smoke``): ``results.json`` (every query, every system, every check), ``results.md``
+(the tables) and PNG figures; the full run also refreshes the generated part of
+``docs/benchmarks.md`` and copies the figures to ``docs/img/`` (``--no-docs`` skips it).
+Every answer of every system is compared with brute force; any mismatch makes the
+command exit with status 1 (after writing the report).
+
+Workloads: the quickstart CNN on the real MNIST training images (views conv1, conv2,
+fc1) and all-MiniLM-L6-v2 over ~5,000 sentences of Python's docs
+(``encoder.layer.3.intermediate:token_mean``). Systems: the engine, ReprocessAll,
+PreprocessAll from HDF5 (cold and warm page cache), the layer in RAM with numpy, and
+FAISS IndexFlatL2 (kNN). See docs/benchmarks.md for what is measured and why.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import everest_magic as em  # noqa: E402
+from everest_magic.engine.baselines import ReprocessAll  # noqa: E402
+
+import queries as QS  # noqa: E402
+import report  # noqa: E402
+import workloads as W  # noqa: E402
+from coldcache import ColdFile  # noqa: E402
+from memory import PeakRSS  # noqa: E402
+from systems import (CapturingReprocessAll, FaissFlat, NumpyRAM, Outcome, Preprocess, faiss_equivalent,  # noqa: E402
+                     reference, timed)
+
+
+@dataclass
+class Config:
+    """What one run measures. `full()` is the documented run; `smoke()` the tiny one."""
+
+    name: str = "full"
+    mnist_n: int = 50000
+    mnist_views: list[str] = field(default_factory=lambda: ["conv1", "conv2", "fc1"])
+    minilm_n: int = 5000                    # 0 skips MiniLM
+    queries: int = 20                       # per view and family
+    minilm_queries: int = 20
+    families: list[str] = field(default_factory=lambda: list(QS.FAMILIES))
+    # ReprocessAll costs one full inference pass per query whatever the query asks, so it
+    # answers (and is checked on) the first query of these families on every view; the
+    # first family must be a random-group one (its pass also yields the brute-force rows)
+    reprocess_families: list[str] = field(default_factory=lambda: ["topk-g3-rand", "knn-g10-top"])
+    minilm_reprocess_families: list[str] = field(default_factory=lambda: ["topk-g3-rand"])
+    drilldown_views: list[str] = field(default_factory=lambda: ["conv2", W.MINILM_VIEW])
+    batch_size: int = 128
+    partitions: int = 16
+    ratio: float = 0.002
+    scheme: str = "tails"
+    sweep: bool = True
+    sweep_n: int = 50000
+    sweep_queries: int = 5
+    sweep_settings: list[tuple[int, float, str]] = field(default_factory=lambda: [
+        (4, 0.002, "tails"), (8, 0.002, "tails"), (16, 0.002, "tails"), (32, 0.002, "tails"),
+        (64, 0.002, "tails"), (16, 0.0, "tails"), (16, 0.01, "tails"), (16, 0.002, "equi")])
+    seed: int = 0
+
+    @classmethod
+    def full(cls) -> "Config":
+        return cls()
+
+    @classmethod
+    def smoke(cls) -> "Config":
+        return cls(name="smoke", mnist_n=2000, minilm_n=100, queries=3, minilm_queries=3,
+                   reprocess_families=["topk-g3-rand"], sweep_n=2000, sweep_queries=2,
+                   sweep_settings=[(8, 0.002, "tails"), (16, 0.002, "tails")])
+
+
+# -- machine ----------------------------------------------------------------------------------------
+
+def machine_info() -> dict:
+    import psutil
+    info = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "numpy": np.__version__, "nproc": os.cpu_count(),
+            "ram_bytes": psutil.virtual_memory().total}
+    try:
+        import tables
+        info["pytables"] = tables.__version__
+    except Exception:
+        pass
+    try:
+        import faiss
+        info["faiss"] = faiss.__version__
+    except Exception:
+        pass
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        keep = ("Model name", "CPU(s)", "Thread(s) per core", "Core(s) per socket", "L2 cache", "L3 cache",
+                "Hypervisor vendor", "Flags")
+        info["lscpu"] = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lscpu.splitlines())
+                         if k.strip() in keep and k.strip() != "Flags"}
+        flags = next((v for k, _, v in (line.partition(":") for line in lscpu.splitlines()) if k.strip() == "Flags"), "")
+        info["lscpu"]["simd"] = " ".join(f for f in flags.split() if f.startswith(("avx", "sse4", "fma")))
+    except Exception:
+        pass
+    try:
+        info["load_average_at_start"] = os.getloadavg()
+    except OSError:
+        pass
+    return info
+
+
+# -- progress ---------------------------------------------------------------------------------------
+
+class Progress:
+    """One tqdm bar over the run's steps (stages and queries), on stderr."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, disable=not enabled, file=sys.stderr,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}")
+
+    def stage(self, text: str) -> None:
+        self.bar.set_description_str(text)
+
+    def note(self, text: str) -> None:
+        self.bar.set_postfix_str(text)
+
+    def step(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def write(self, text: str) -> None:
+        self.bar.write(text, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def planned_steps(cfg: Config) -> int:
+    per_view = len(cfg.families)
+    steps = 0
+    # bare pass, build, materialise, done; per view: the ReprocessAll capture pass, the
+    # queries (a query that ReprocessAll also answers counts twice), the drill-down
+    if cfg.mnist_n:
+        V = len(cfg.mnist_views)
+        steps += 4 + V * (1 + per_view * cfg.queries + len(cfg.reprocess_families) - 1)
+        steps += sum(1 for v in cfg.drilldown_views if v in cfg.mnist_views)
+    if cfg.minilm_n:
+        steps += 4 + 1 + per_view * cfg.minilm_queries + len(cfg.minilm_reprocess_families) - 1
+        steps += 1 if W.MINILM_VIEW in cfg.drilldown_views else 0
+    if cfg.sweep:
+        steps += 1 + len(cfg.sweep_settings)
+    return steps
+
+
+# -- one workload -----------------------------------------------------------------------------------
+
+def bare_pass(w: W.Workload) -> float:
+    """Seconds of the model's forward over every input, batch_size at a time, no hooks."""
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for batch in w.bare_batches():
+            w.bare_forward(batch)
+    return time.perf_counter() - t0
+
+
+def run_query(spec: QS.QuerySpec, s, A: np.ndarray, pre: Preprocess, cold: ColdFile, ram: NumpyRAM,
+              fa: FaissFlat | None, ra: ReprocessAll | None = None) -> dict:
+    ref_keys, ref_ids = reference(spec, A)
+    out = {}
+    s.cache.clear()   # independent queries: nothing carried over
+    out["engine"] = timed("engine", lambda: spec.run(s), ref_ids)
+    pre.path = cold.prepare()
+    out["preprocess_cold"] = timed("preprocess_cold", lambda: spec.run(pre), ref_ids)
+    out["preprocess_warm"] = timed("preprocess_warm", lambda: spec.run(pre), ref_ids)
+    out["numpy_ram"] = timed("numpy_ram", lambda: spec.run(ram), ref_ids)
+    if spec.kind == "knn" and fa is not None:
+        out["faiss_flat"] = timed("faiss_flat", lambda: fa.knn(spec.target, spec.view, spec.group, spec.k), ref_ids,
+                                  check=lambda ids: faiss_equivalent(spec, A, ids, ref_keys))
+    if ra is not None:
+        out["reprocess_all"] = timed("reprocess_all", lambda: spec.run(ra), ref_ids)
+    return {"spec": spec.describe(), "reference_ids": ref_ids.tolist(),
+            "systems": {k: o.as_dict() for k, o in out.items()}}
+
+
+def run_drilldown(specs: list[QS.QuerySpec], s, A: np.ndarray) -> dict:
+    """The session twice: cache kept between its queries, then cleared before each."""
+    refs = [reference(q, A)[1] for q in specs]
+    res = {"queries": [q.describe() for q in specs]}
+    for mode in ("session", "independent"):
+        s.cache.clear()
+        steps = []
+        for q, ref in zip(specs, refs):
+            if mode == "independent":
+                s.cache.clear()
+            steps.append(timed("engine", lambda: q.run(s), ref).as_dict())
+        res[mode] = steps
+    s.cache.clear()
+    return res
+
+
+def bench_workload(w: W.Workload, cfg: Config, out: Path, bar: Progress, nq: int, reprocess_families: list[str],
+                   cold_method: str) -> dict:
+    res: dict = {"name": w.name, "description": w.description, "n": w.n, "views": w.views,
+                 "batch_size": w.batch_size, "setup_seconds": w.setup_seconds, "meta": w.meta}
+    bar.stage(f"{w.name}: bare inference pass")
+    res["bare_pass_seconds"] = bare_pass(w)
+    bar.step()
+
+    bar.stage(f"{w.name}: index build")
+    index_path = out / f"{w.name}_index.h5"
+    s = em.Session(w.model, w.data, index=index_path, labels=w.labels, collate=w.collate, batch_size=w.batch_size,
+                   partitions=cfg.partitions, ratio=cfg.ratio, scheme=cfg.scheme, rebuild=True)
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        job = s.build_index(w.views)
+        while not job.wait(0.5):
+            bar.note(f"build {100 * job.progress:.0f}%")
+        build_stats = job.result()
+        build_wall = time.perf_counter() - t0
+    bar.note("")
+    info = s.indexed()
+    res["build"] = {"wall_seconds": build_wall, "memory": mem.as_dict(), "per_view": build_stats,
+                    "settings": {"partitions": cfg.partitions, "ratio": cfg.ratio, "scheme": cfg.scheme},
+                    "index_file_bytes": index_path.stat().st_size}
+    res["index"] = {v: {"neurons": i.m, "bytes_on_disk": i.bytes_on_disk, "full_bytes": i.full_bytes,
+                        "size_ratio": i.size_ratio, "P": i.P, "t": i.t} for v, i in info.items()}
+    bar.step()
+
+    # ReprocessAll: one timed query per view (a random group: it needs no activations to
+    # draw); its inference pass also yields the view's brute-force activations
+    ra = CapturingReprocessAll(s)
+    A: dict[str, np.ndarray] = {}
+    ra_first: dict[str, Outcome] = {}
+    capture_family = reprocess_families[0]
+    for v in w.views:
+        bar.stage(f"{w.name}/{v}: ReprocessAll (one full inference pass)")
+        m = int(np.prod(s.shape(v)))
+        spec = QS.draw((s.n, m), None, v, capture_family, 1, cfg.seed)[0]
+        t0 = time.perf_counter()
+        r = spec.run(ra)
+        seconds = time.perf_counter() - t0
+        A[v] = ra.captured.pop(v)
+        ref = reference(spec, A[v])[1]
+        same = np.asarray(r.ids).tolist() == ref.tolist()
+        ra_first[v] = Outcome("reprocess_all", seconds, same, same, s.n)
+        bar.step()
+    res["activation_bytes"] = {v: int(a.nbytes) for v, a in A.items()}
+
+    bar.stage(f"{w.name}: materialise (PreprocessAll)")
+    pre = Preprocess(s, out / f"{w.name}_full.h5")
+    write_s = pre.write(A)
+    os.sync()
+    ra_seconds = sum(o.seconds for o in ra_first.values())
+    res["preprocess"] = {"write_seconds": write_s, "file_bytes": pre.path.stat().st_size,
+                         "materialise_seconds": ra_seconds + write_s,
+                         "materialise_note": "one inference pass per view (the ReprocessAll passes) + the HDF5 write",
+                         "bytes": {v: pre.size(v) for v in w.views}}
+    cold = ColdFile(pre.path, cold_method)
+    res["cold_cache"] = {"method": cold.method, "note": cold.note}
+    bar.step()
+
+    ram = NumpyRAM(s, A)
+    try:
+        fa = FaissFlat(A)
+    except ImportError:
+        fa = None
+        res["faiss_missing"] = True
+    res["queries"] = []
+    for v in w.views:
+        for fam in cfg.families:
+            bar.stage(f"{w.name}/{v}: {fam}")
+            for i, spec in enumerate(QS.draw(A[v].shape, A[v].__getitem__, v, fam, nq, cfg.seed)):
+                with_ra = ra if (i == 0 and fam in reprocess_families[1:]) else None
+                if with_ra is not None:
+                    bar.note("ReprocessAll: one full inference pass")
+                rec = run_query(spec, s, A[v], pre, cold, ram, fa, with_ra)
+                if i == 0 and fam == capture_family:
+                    rec["systems"]["reprocess_all"] = ra_first[v].as_dict()
+                res["queries"].append(rec)
+                e = rec["systems"]["engine"]
+                bar.note(f"engine {1000 * e['seconds']:.0f} ms, recomputed {e['recomputed']}")
+                bar.step(2 if with_ra is not None else 1)
+    res["cold_cache"]["resident_after_evict"] = cold.residency
+    cold.cleanup()
+
+    res["drilldown"] = {}
+    for v in w.views:
+        if v in cfg.drilldown_views:
+            bar.stage(f"{w.name}/{v}: drill-down session")
+            res["drilldown"][v] = run_drilldown(QS.drilldown(A[v], v, cfg.seed), s, A[v])
+            bar.step()
+    bar.stage(f"{w.name}: done")
+    bar.step()
+    s.close()
+    del A, ram, fa
+    return res
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny configuration: 2,000 MNIST images, 3 queries a family")
+    ap.add_argument("--out", default=None, help="output folder (default benchmarks/out, or benchmarks/out/smoke)")
+    ap.add_argument("--cache-dir", default=str(HERE / "out"), help="where the trained CNN weights are cached")
+    ap.add_argument("--skip-minilm", action="store_true", help="leave out the MiniLM workload")
+    ap.add_argument("--no-sweep", action="store_true", help="leave out the P / ratio sweep")
+    ap.add_argument("--no-docs", action="store_true", help="do not refresh docs/benchmarks.md and docs/img/")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--cold-method", default="auto", choices=["auto", "fadvise", "drop_caches", "copy"],
+                    help="how PreprocessAll's file is evicted before a cold query (auto: first that verifies)")
+    ap.add_argument("--queries", type=int, default=None, help="queries per view and family (override)")
+    ap.add_argument("--mnist-n", type=int, default=None, help="MNIST images (override)")
+    ap.add_argument("--minilm-n", type=int, default=None, help="MiniLM sentences (override)")
+    ap.add_argument("--keep-files", action="store_true", help="keep the index and materialised HDF5 files")
+    a = ap.parse_args(argv)
+
+    cfg = Config.smoke() if a.smoke else Config.full()
+    if a.queries is not None:
+        cfg.queries = cfg.minilm_queries = a.queries
+    if a.mnist_n is not None:
+        cfg.mnist_n = a.mnist_n
+    if a.minilm_n is not None:
+        cfg.minilm_n = a.minilm_n
+    if a.skip_minilm:
+        cfg.minilm_n = 0
+    if a.no_sweep:
+        cfg.sweep = False
+    out = Path(a.out) if a.out else (HERE / "out" / "smoke" if a.smoke else HERE / "out")
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(a.cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    t_start = time.perf_counter()
+    command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    results: dict = {"command": command.strip(), "config": asdict(cfg), "machine": machine_info(),
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "workloads": {}}
+    if a.skip_minilm:
+        results["skipped"] = ["minilm (--skip-minilm)"]
+    bar = Progress(planned_steps(cfg), enabled=not a.no_progress)
+    try:
+        if cfg.mnist_n:
+            bar.stage("mnist: loading the CNN and MNIST")
+            w = W.mnist(cfg.mnist_n, cache_dir / "mnist_cnn.pt", cfg.mnist_views, cfg.batch_size)
+            results["workloads"]["mnist"] = bench_workload(w, cfg, out, bar, cfg.queries, cfg.reprocess_families,
+                                                           a.cold_method)
+            del w
+        if cfg.minilm_n:
+            bar.stage("minilm: loading all-MiniLM-L6-v2 and the sentences")
+            w = W.minilm(cfg.minilm_n, cfg.batch_size)
+            results["workloads"]["minilm"] = bench_workload(w, cfg, out, bar, cfg.minilm_queries,
+                                                            cfg.minilm_reprocess_families, a.cold_method)
+            del w
+        if cfg.sweep:
+            import sweep_latency
+            bar.stage("sweep: P and ratio")
+            results["sweep"] = sweep_latency.run(cfg, cache_dir / "mnist_cnn.pt", out, bar)
+    finally:
+        bar.close()
+        if not a.keep_files:
+            for p in out.glob("*.h5"):
+                p.unlink(missing_ok=True)
+    results["out_dir"] = str(out)
+    results["wall_seconds"] = time.perf_counter() - t_start
+    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    summary = report.summarize(results)
+    results["summary"] = summary
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    figures = report.plots(results, out)
+    md = report.markdown(results, figures)
+    (out / "results.md").write_text(md)
+    if not a.smoke and not a.no_docs:
+        report.update_docs(results, figures, ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "img")
+    checks = summary["checks"]
+    print(f"\nwrote {out / 'results.json'}, {out / 'results.md'} and {len(figures)} figures in "
+          f"{results['wall_seconds']:.0f} s; answers checked: {checks['answers']}, mismatches: {checks['mismatches']}")
+    for line in summary["target_lines"]:
+        print("  " + line)
+    if checks["mismatches"]:
+        print("FAILED: some answers differ from brute force:", file=sys.stderr)
+        for m in checks["mismatch_list"][:20]:
+            print("  " + m, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

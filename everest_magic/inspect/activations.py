@@ -1,0 +1,88 @@
+"""Activations for inspection: several views in one forward pass, reusing the session's cache;
+conv maps resized to a mask grid; the tokens of text inputs aligned with the model's token axis."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..engine.errors import QueryError
+from ..engine.views import View
+from .hypotheses import Tokens
+
+
+def fetch_many(session: Any, views: Sequence[View], ids: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
+    """Rows (len(ids), m) of every view, and how many inputs were found in the cache for all views.
+
+    Rows already in the session's activation cache are reused; the other inputs run through
+    the model once (canonical batches, under the session's model lock) for all views that
+    miss them, and their rows go into the cache.
+    """
+    ids = np.asarray(ids, np.int64)
+    out: dict[str, np.ndarray] = {}
+    found: dict[str, np.ndarray] = {}
+    missing = np.zeros(len(ids), bool)
+    for v in views:
+        mask, rows = session.cache.get(v.name, ids)
+        found[v.name] = mask
+        missing |= ~mask
+        if rows:
+            arr = np.empty((len(ids), rows[0].shape[0]), np.float32)
+            arr[mask] = np.stack(rows)
+            out[v.name] = arr
+    if missing.any():
+        need = [v for v in views if not found[v.name].all()]
+        todo = ids[missing]
+        new = session._locked(session.runner.views, need, todo)
+        for v, rows in zip(need, new):
+            session.cache.put(v.name, todo, rows)
+            arr = out.get(v.name)
+            if arr is None:
+                arr = out[v.name] = np.empty((len(ids), rows.shape[1]), np.float32)
+            arr[missing] = rows
+    return out, int((~missing).sum())
+
+
+def upsample(maps: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """Resize (b, C, h, w) maps to (b, C, H, W) by bilinear interpolation (align_corners=False),
+    as Network Dissection scales activation maps to the concept mask's resolution."""
+    t = torch.from_numpy(np.ascontiguousarray(maps, np.float32))
+    if tuple(t.shape[-2:]) == tuple(grid):
+        return t
+    return torch.nn.functional.interpolate(t, size=tuple(grid), mode="bilinear", align_corners=False)
+
+
+def token_batch(session: Any, ids: np.ndarray, tokenizer: Any, length: int) -> list[Tokens]:
+    """The `Tokens` of each text input, aligned with the model's token axis of `length` positions.
+
+    The texts are tokenized again with offsets; the token ids must equal those of the batch
+    the model reads (right padding), else the alignment is refused.
+    """
+    texts = [session.data.item(int(i)) for i in ids]
+    bad = [i for i, t in zip(ids, texts) if not isinstance(t, str)]
+    if bad:
+        raise QueryError(f"token hypotheses need text inputs; input {int(bad[0])} is a {type(texts[0]).__name__}")
+    batch = session.data.batch(ids)
+    model_ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
+    attention = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    enc = tokenizer(list(texts), return_offsets_mapping=True, truncation=True, max_length=length,
+                    return_special_tokens_mask=True)
+    out = []
+    for j, text in enumerate(texts):
+        tid = np.asarray(enc["input_ids"][j], np.int64)
+        offsets = np.asarray(enc["offset_mapping"][j], np.int64).reshape(-1, 2)
+        special = np.asarray(enc["special_tokens_mask"][j], bool)
+        if model_ids is not None:
+            mid = np.asarray(model_ids[j])[: len(tid)]
+            if len(mid) != len(tid) or not np.array_equal(mid, tid):
+                raise QueryError(f"the tokenizer given to inspect does not reproduce the model's tokens of input "
+                                 f"{int(ids[j])}; pass the tokenizer the collate function uses (right padding)")
+        keep = ~special & (offsets[:, 1] > offsets[:, 0])
+        if attention is not None:
+            keep &= np.asarray(attention[j])[: len(tid)].astype(bool)
+        pos = np.flatnonzero(keep)
+        out.append(Tokens(text=text, strings=tokenizer.convert_ids_to_tokens(tid[pos].tolist()),
+                          spans=offsets[pos], positions=pos, ids=tid[pos]))
+    return out

@@ -1,0 +1,77 @@
+"""`inspect`, `run_inspect` and `inspect_job`: which units of a layer track a hypothesis, and how strongly."""
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, Sequence
+
+import pandas as pd
+
+from ..engine.errors import UnknownNameError
+from ..engine.jobs import Job
+from .plan import Options, build_plan
+from .scorer import run_plan
+
+
+
+PLAN_ARGS = ("units", "tokenizer", "filter")
+
+
+def run_inspect(session: Any, views: str | Sequence[str], hypotheses: Any, measures: Any = "auto", *,
+                units: Any = None, tokenizer: Any = None, filter: Any = None, epsilon: float = 0.05,
+                confidence: float = 0.95, top: int = 5, patience: int | None = 3, min_inputs: int = 500,
+                max_inputs: int | None = 10_000, early_stop: bool = True, bins: int = 10, q: float = 0.005,
+                holdout: float = 0.2, seed: int = 0, chunk: int | None = None, job: Job | None = None,
+                ) -> pd.DataFrame:
+    """Score every unit of `views` against every hypothesis with every measure, on this thread.
+
+    - `views`: view names ("fc1", "conv2:mean", "encoder.layer.3.output:token_mean", ...).
+    - `hypotheses`: one spec, a list, or a dict name -> spec; a spec is a built-in name
+      ("ink", "class", "quotes", "keyword:return"...), a `Hypothesis`, a function of a raw
+      input (a value, or a 2-D concept mask), one value per input (array, list, Series) or
+      masks (n, H, W).
+    - `measures`: "auto" or names among pearson, auroc, mi, iou, probe; pairs a measure does
+      not apply to are skipped (listed in `frame.attrs["inspect"].skipped`).
+    - `units`: all units (None), a list for every view, or a dict view -> list.
+    - `tokenizer`: needed by token hypotheses (the tokenizer the model's collate uses).
+    - `filter`: the inputs to consider (ids or a boolean mask); default all.
+    - Early stopping (`early_stop=True`): from `min_inputs` on, stop once every confidence
+      interval (at `confidence`) is narrower than `epsilon`, or the `top` units of every score
+      list stayed the same for `patience` checkpoints (None: never on that ground).
+      `max_inputs` caps the sample (None: no cap). `bins`: quantile bins of mi; `q`: the top
+      quantile of iou; `holdout`, `seed`: the probe's split by input and the shuffle.
+
+    Returns the long DataFrame described in `everest_magic.inspect.results`.
+    """
+    options = Options(epsilon=epsilon, confidence=confidence, top=top, patience=patience, min_inputs=min_inputs,
+                      max_inputs=max_inputs, early_stop=early_stop, bins=bins, q=q, holdout=holdout, seed=seed,
+                      chunk=chunk)
+    plan = build_plan(session, views, hypotheses, measures, units=units, tokenizer=tokenizer, filter=filter,
+                      options=options)
+    return run_plan(plan, job)
+
+
+def inspect_job(session: Any, views: str | Sequence[str], hypotheses: Any, measures: Any = "auto",
+                **options: Any) -> Job:
+    """`run_inspect` as a background job on the session's queue; `job.result()` is the DataFrame.
+
+    The request is checked before the job starts (bad input raises here); the job reports
+    progress in inputs scored of inputs planned and stops at its next batch when cancelled.
+    """
+    plan_args = {k: options.pop(k) for k in PLAN_ARGS if k in options}
+    valid = [f.name for f in fields(Options)]
+    for k in options:
+        if k not in valid:
+            raise UnknownNameError("inspect option", k, valid + list(PLAN_ARGS))
+    plan = build_plan(session, views, hypotheses, measures, options=Options(**options), **plan_args)
+    return session.submit(lambda job: run_plan(plan, job), plan.description)
+
+
+def inspect(session: Any, views: str | Sequence[str], hypotheses: Any, measures: Any = "auto", *,
+            wait: bool = True, **options: Any) -> pd.DataFrame | Job:
+    """Deep neural inspection: the DataFrame of scores (`wait=True`), or the background Job.
+
+    See `run_inspect` for the arguments.
+    """
+    if wait:
+        return run_inspect(session, views, hypotheses, measures, **options)
+    return inspect_job(session, views, hypotheses, measures, **options)

@@ -1,0 +1,327 @@
+"""Checking an inspection request and planning it: views, hypotheses, measures, units, order.
+
+Everything a user can get wrong is checked here, on the calling thread, before any
+background work starts; errors are `QueryError`s (unknown names suggest the closest ones).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..engine.errors import QueryError, UnknownNameError
+from ..engine.views import View
+from . import library
+from .activations import token_batch
+from .blocks import Block, InputBlock, PositionBlock, TokenBlock
+from .hypotheses import (AnyFunction, Encoder, Hypothesis, InputFunction, Labels, Masks, TokenFunction,
+                         infer_kind)
+from .measures import MEASURES
+
+ALIASES = {"correlation": "pearson", "corr": "pearson", "r": "pearson", "auc": "auroc", "roc": "auroc",
+           "roc_auc": "auroc", "mutual_info": "mi", "mutual_information": "mi", "linear_probe": "probe",
+           "logistic": "probe"}
+# default measures by (level, kind) when measures="auto"
+AUTO = {("input", "numeric"): ("pearson",), ("input", "binary"): ("pearson", "auroc"),
+        ("input", "categorical"): ("auroc", "probe"), ("token", "numeric"): ("pearson",),
+        ("token", "binary"): ("auroc", "iou"), ("token", "categorical"): ("auroc", "probe"),
+        ("position", "numeric"): ("pearson",), ("position", "binary"): ("iou",)}
+KIND_SAMPLE = 64   # inputs a function hypothesis is evaluated on to infer its kind
+
+
+def applicable(measure: str, level: str, kind: str) -> str | None:
+    """None if `measure` applies to a hypothesis of this level and kind, else why not."""
+    if measure in ("auroc", "probe") and kind == "numeric":
+        return f"{measure} needs a binary or categorical hypothesis"
+    if measure in ("auroc", "mi", "probe") and level == "position":
+        return f"{measure} is not computed for concept masks (use iou or pearson)"
+    if measure == "iou" and (kind != "binary" or level == "input"):
+        return "iou needs a binary concept mask or token annotation"
+    return None
+
+
+@dataclass(frozen=True)
+class Options:
+    """Settings of one inspection (see `inspect` for their meaning)."""
+
+    epsilon: float = 0.05
+    confidence: float = 0.95
+    top: int = 5
+    patience: int | None = 3
+    min_inputs: int = 500
+    max_inputs: int | None = 10_000
+    early_stop: bool = True
+    bins: int = 10
+    q: float = 0.005
+    holdout: float = 0.2
+    seed: int = 0
+    chunk: int | None = None
+    growth: float = 1.25
+
+    def check(self) -> "Options":
+        if not self.epsilon > 0:
+            raise QueryError(f"epsilon must be > 0, got {self.epsilon!r}")
+        if not 0 < self.confidence < 1:
+            raise QueryError(f"confidence must lie in (0, 1), got {self.confidence!r}")
+        if self.top < 1:
+            raise QueryError(f"top must be >= 1, got {self.top!r}")
+        if self.patience is not None and self.patience < 1:
+            raise QueryError(f"patience must be >= 1 or None, got {self.patience!r}")
+        if self.min_inputs < 1:
+            raise QueryError(f"min_inputs must be >= 1, got {self.min_inputs!r}")
+        if self.max_inputs is not None and self.max_inputs < 2:
+            raise QueryError(f"max_inputs must be >= 2 or None, got {self.max_inputs!r}")
+        if not 2 <= self.bins <= 1000:
+            raise QueryError(f"bins must lie in [2, 1000], got {self.bins!r}")
+        if not 0 < self.q < 0.5:
+            raise QueryError(f"q (the IoU top quantile) must lie in (0, 0.5), got {self.q!r}")
+        if not 0 < self.holdout < 1:
+            raise QueryError(f"holdout must lie in (0, 1), got {self.holdout!r}")
+        if self.chunk is not None and self.chunk < 1:
+            raise QueryError(f"chunk must be >= 1, got {self.chunk!r}")
+        return self
+
+
+@dataclass
+class Plan:
+    """What a run does: blocks to feed, hypotheses to compute, inputs in order, views to fetch."""
+
+    session: Any
+    blocks: list[Block]
+    hyps: list[Hypothesis]
+    encoders: dict[str, Encoder]
+    order: np.ndarray
+    available: int
+    fetch: list[View]
+    options: Options
+    tokenizer: Any = None
+    token_length: int | None = None
+    skipped: list[str] = field(default_factory=list)
+    description: str = ""
+
+    def level_hyps(self, level: str) -> list[Hypothesis]:
+        return [h for h in self.hyps if h.level == level and any(h in b.hyps for b in self.blocks)]
+
+
+# -- hypotheses -------------------------------------------------------------------------------------------
+
+def as_hypothesis(spec: Any, name: str | None = None) -> Hypothesis:
+    """A Hypothesis from a name, Hypothesis, callable, label array/Series or mask array (n, H, W)."""
+    if isinstance(spec, Hypothesis):
+        h = spec
+    elif isinstance(spec, str):
+        h = library.builtin(spec)
+    elif callable(spec) and not hasattr(spec, "shape"):
+        h = AnyFunction(spec)
+    else:
+        if isinstance(spec, (set, dict)) or spec is None or np.isscalar(spec):
+            raise QueryError(f"a hypothesis must be a name, a function, a Hypothesis, or one value per input "
+                             f"(array, list or Series); got {type(spec).__name__}")
+        arr = spec.detach().cpu().numpy() if hasattr(spec, "detach") else spec
+        h = Masks(arr, name) if np.ndim(arr) == 3 else Labels(arr, name)
+    if name is not None:
+        h.name = name
+    return h
+
+
+def resolve_hypotheses(hypotheses: Any) -> list[Hypothesis]:
+    """Hypotheses from one spec, a list of specs, or a dict name -> spec; names must be unique."""
+    if isinstance(hypotheses, Mapping):
+        hyps = [as_hypothesis(spec, str(name)) for name, spec in hypotheses.items()]
+    elif isinstance(hypotheses, (list, tuple)):
+        hyps = [as_hypothesis(spec) for spec in hypotheses]
+    else:
+        hyps = [as_hypothesis(hypotheses)]
+    if not hyps:
+        raise QueryError("no hypotheses to inspect")
+    for j, h in enumerate(hyps):
+        if not h.name:
+            h.name = f"h{j}"
+    names = [h.name for h in hyps]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise QueryError(f"hypothesis names must be unique; {', '.join(map(repr, dup))} appear more than once "
+                         "(pass a dict name -> hypothesis)")
+    return hyps
+
+
+def resolve_measures(measures: Any) -> tuple[str, ...] | None:
+    """Measure names (None for "auto"); unknown names raise with suggestions."""
+    if measures is None or (isinstance(measures, str) and measures == "auto"):
+        return None
+    items = [measures] if isinstance(measures, str) else list(measures)
+    if not items:
+        raise QueryError("no measures given")
+    out = []
+    for m in items:
+        if not isinstance(m, str):
+            raise QueryError(f"a measure is a name ({', '.join(MEASURES)}), got {m!r}")
+        key = ALIASES.get(m.strip().lower(), m.strip().lower())
+        if key not in MEASURES:
+            raise UnknownNameError("measure", m, list(MEASURES))
+        if key not in out:
+            out.append(key)
+    return tuple(out)
+
+
+# -- the plan ---------------------------------------------------------------------------------------------
+
+def build_plan(session: Any, views: Any, hypotheses: Any, measures: Any = "auto", *, units: Any = None,
+               tokenizer: Any = None, filter: Any = None, options: Options | None = None) -> Plan:
+    """Check a request and plan its run (raises QueryError on bad input)."""
+    opts = (options or Options()).check()
+    names = [views] if isinstance(views, (str, View)) else list(views or [])
+    if not names:
+        raise QueryError("no views to inspect; name one or more layers, e.g. 'conv2:mean'")
+    vs = []
+    for v in names:
+        if not isinstance(v, (str, View)):
+            raise QueryError(f"a view is a layer name such as 'conv2' or 'fc1', got {v!r}")
+        vs.append(session.view(v))
+    wanted = resolve_measures(measures)
+    hyps = [h.bind(session) for h in resolve_hypotheses(hypotheses)]
+    allowed = session._allowed(filter)
+    candidates = np.flatnonzero(allowed)
+    if len(candidates) < 2:
+        raise QueryError(f"inspection needs at least 2 inputs; the filter leaves {len(candidates)}")
+    order = np.random.default_rng(opts.seed).permutation(candidates)
+    if opts.max_inputs is not None:
+        order = order[: opts.max_inputs]
+    sample = order[:KIND_SAMPLE]
+
+    hyps = [h.settle(_first(h, session, order[:1])) if isinstance(h, AnyFunction) else h for h in hyps]
+    levels = {h.level for h in hyps}
+    raw = {v.layer: session.view(v.layer) for v in vs} if levels - {"input"} else {}
+    shape_views = list({v.name: v for v in vs + list(raw.values())}.values())
+    shapes = dict(zip([v.name for v in shape_views], session._locked(session.runner.view_shapes, shape_views)))
+
+    token_length = None
+    if "token" in levels:
+        token_views = [raw[v.layer] for v in vs if len(shapes[raw[v.layer].name]) == 2]
+        if token_views and tokenizer is None:
+            bad = [h.name for h in hyps if h.level == "token"]
+            raise QueryError(f"token hypotheses ({', '.join(map(repr, bad))}) need tokenizer=, the tokenizer whose "
+                             "tokens the model reads")
+        if token_views:
+            token_length = shapes[token_views[0].name][0]
+    tokens = token_batch(session, sample, tokenizer, token_length) if token_length else None
+
+    encoders = {}
+    for h in hyps:
+        if h.kind is None:
+            h.kind = _infer(h, session, sample, tokens)
+        if h.level == "position" and h.kind == "categorical":
+            raise QueryError(f"concept mask {h.name!r} must be boolean or numeric, not categorical")
+        encoders[h.name] = Encoder(h)
+
+    skipped: list[str] = []
+    blocks: list[Block] = []
+    used_measures: set[str] = set()
+    for v in vs:
+        for level in ("input", "position", "token"):
+            level_hyps = [h for h in hyps if h.level == level]
+            if not level_hyps:
+                continue
+            src = v if level == "input" else raw[v.layer]
+            shape = shapes[src.name]
+            why = _level_problem(level, v, shape)
+            if why:
+                skipped += [f"{h.name} x {v.name}: {why}" for h in level_hyps]
+                continue
+            name = _reported_name(v, level)
+            n_units = int(np.prod(shape)) if level == "input" else shape[0] if level == "position" else shape[1]
+            unit_ids = _units(units, v.name, name, n_units)
+            chosen = {}
+            for h in level_hyps:
+                ms = AUTO[(level, h.kind)] if wanted is None else wanted
+                ok = tuple(m for m in ms if applicable(m, level, h.kind) is None)
+                skipped += [f"{m} x {h.name}: {applicable(m, level, h.kind)}" for m in ms if m not in ok]
+                if ok:
+                    chosen[h.name] = ok
+                    used_measures.update(ok)
+            block_hyps = [h for h in level_hyps if h.name in chosen]
+            if not block_hyps:
+                continue
+            args = (name, src, shape, unit_ids)
+            if level == "position":
+                grids: dict[tuple, list] = {}
+                for h in block_hyps:
+                    grids.setdefault(_grid(h, session, sample), []).append(h)
+                for grid, hs in grids.items():
+                    blocks.append(PositionBlock(*args, hs, {h.name: chosen[h.name] for h in hs}, encoders, grid=grid))
+            else:
+                cls = InputBlock if level == "input" else TokenBlock
+                blocks.append(cls(*args, block_hyps, {h.name: chosen[h.name] for h in block_hyps}, encoders))
+
+    if wanted is not None:
+        unused = [m for m in wanted if m not in used_measures]
+        if unused:
+            reasons = sorted({s.split(": ", 1)[1] for s in skipped if s.split(" x ")[0] in unused})
+            raise QueryError(f"measure {', '.join(map(repr, unused))} applies to none of the hypotheses"
+                             + (f" ({'; '.join(reasons)})" if reasons else ""))
+    if not blocks:
+        raise QueryError("nothing to score: " + "; ".join(dict.fromkeys(skipped)))
+    unscored = [h.name for h in hyps if not any(h in b.hyps for b in blocks)]
+    if unscored:
+        raise QueryError(f"hypothesis {', '.join(map(repr, unscored))} applies to none of the views: "
+                         + "; ".join(s for s in dict.fromkeys(skipped) if s.split(" x ")[0] in unscored))
+    fetch = list({b.source.name: b.source for b in blocks}.values())
+    desc = f"inspect {' '.join(v.name for v in vs)} ~ {', '.join(h.name for h in hyps)}"
+    return Plan(session, blocks, hyps, encoders, order, len(candidates), fetch, opts, tokenizer, token_length,
+                list(dict.fromkeys(skipped)), desc)
+
+
+def _first(h: Hypothesis, session: Any, ids: np.ndarray) -> Any:
+    return h.values(session, ids)[0]
+
+
+def _infer(h: Hypothesis, session: Any, sample: np.ndarray, tokens: Any) -> str:
+    """Kind of a function hypothesis from its values on the first inputs of the run."""
+    if h.level == "token" and tokens is None:
+        return "numeric"   # no view has a token axis: the hypothesis is skipped, with the reason
+    vals = h.values(session, sample, tokens if h.level == "token" else None)
+    flat = np.concatenate([np.ravel(v) for v in vals]) if h.level != "input" else np.asarray(vals)
+    kind = infer_kind(flat, complete=False)
+    return "numeric" if h.level == "position" and kind == "categorical" else kind
+
+
+def _grid(h: Hypothesis, session: Any, sample: np.ndarray) -> tuple[int, int]:
+    return tuple(np.shape(h.values(session, sample[:1])[0]))
+
+
+def _level_problem(level: str, v: View, shape: tuple) -> str | None:
+    if level == "position" and len(shape) != 3:
+        return f"concept masks need a conv layer with (channels, height, width) output; {v.layer!r} has shape {shape}"
+    if level == "token" and len(shape) != 2:
+        return f"token hypotheses need a (tokens, features) layer output; {v.layer!r} has shape {shape}"
+    return None
+
+
+def _reported_name(v: View, level: str) -> str:
+    """The view named in the rows: per-position/per-token units are channels/features, reported
+    under the channel view (`layer:mean` / `layer:token_mean`) so (layer, unit) is a valid top-k query."""
+    if level == "position" and v.reduce not in ("mean", "max"):
+        return f"{v.layer}:mean"
+    if level == "token" and v.reduce not in ("token_mean", "token_max"):
+        return f"{v.layer}:token_mean"
+    return v.name
+
+
+def _units(units: Any, view: str, reported: str, n: int) -> np.ndarray:
+    """The selected units of a block: all of them, one list for every view, or a dict per view."""
+    if isinstance(units, Mapping):
+        units = units.get(reported, units.get(view))
+    if units is None:
+        return np.arange(n)
+    if isinstance(units, (int, np.integer)) and not isinstance(units, bool):
+        units = [units]
+    arr = np.asarray(list(units) if isinstance(units, range) else units)
+    if arr.ndim != 1 or (len(arr) and arr.dtype.kind not in "iu"):
+        raise QueryError(f"units must be a list of unit indices, got {units!r}")
+    if len(arr) == 0:
+        raise QueryError("the unit list is empty")
+    if arr.min() < 0 or arr.max() >= n:
+        raise QueryError(f"unit {int(arr.max() if arr.max() >= n else arr.min())} is out of range: {reported!r} has "
+                         f"{n} units")
+    return arr.astype(np.int64)

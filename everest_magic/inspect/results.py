@@ -1,0 +1,103 @@
+"""The result of an inspection: a long DataFrame, one row per (view, unit, hypothesis, label, measure).
+
+Columns: layer, unit, hypothesis, label, measure, score, ci_low, ci_high, n_inputs, converged,
+stop_reason. Rows are grouped by view, hypothesis, measure and label, strongest units first
+(|r| for pearson, |AUROC - 0.5| for auroc, the score otherwise). Probe rows score the whole
+unit group: their unit is -1 and their measure is "probe" (held-out accuracy),
+"probe_majority" (the majority-class baseline) or "probe_selectivity" (accuracy minus the
+accuracy on a control task). `frame.attrs["inspect"]` holds the run's `InspectStats`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .blocks import GROUP, Block, Scores
+from .measures import strength
+
+COLUMNS = ["layer", "unit", "hypothesis", "label", "measure", "score", "ci_low", "ci_high", "n_inputs",
+           "converged", "stop_reason"]
+DETECTOR_IOU = 0.04   # Network Dissection: a unit detects a concept at IoU >= 0.04
+
+
+@dataclass(eq=False)
+class InspectStats:
+    """How an inspection ran."""
+
+    seconds: float
+    inputs_seen: int            # inputs scored (the early-stopped sample)
+    inputs_planned: int         # inputs the pass would have scored without early stopping
+    inputs_available: int       # inputs allowed by the filter
+    inputs_from_cache: int      # inputs whose activations all came from the session's cache
+    inputs_recomputed: int      # inputs run through the model
+    checkpoints: int
+    stop_reason: str            # "epsilon", "stable", "max_inputs" or "complete"
+    skipped: list[str] = field(default_factory=list)   # (measure|hypothesis) x ... pairs not scored, and why
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # the inputs scored, in order
+    options: Any = None
+
+    def __repr__(self) -> str:
+        return (f"<InspectStats {self.inputs_seen}/{self.inputs_planned} inputs ({self.stop_reason}), "
+                f"{self.inputs_from_cache} from cache, {self.checkpoints} checkpoints, {self.seconds:.2f} s>")
+
+
+def make_frame(blocks: list[Block], scores: list[list[Scores]], probes: list[list[Scores]],
+               stats: InspectStats) -> pd.DataFrame:
+    """The long DataFrame of a run (see the module docstring)."""
+    eps = stats.options.epsilon
+    parts: dict[str, list] = {c: [] for c in COLUMNS}
+    for b, block_scores, block_probes in zip(blocks, scores, probes):
+        for sc in block_scores + block_probes:
+            if sc.group:
+                units, order = np.array([GROUP]), np.array([0])
+            else:
+                units, order = b.units, np.argsort(-strength(sc.measure, sc.score), kind="stable")
+            k = len(order)
+            parts["layer"].append(np.full(k, b.name, dtype=object))
+            parts["unit"].append(units[order])
+            parts["hypothesis"].append(np.full(k, sc.hypothesis, dtype=object))
+            parts["label"].append(np.full(k, None if sc.label is None else str(sc.label), dtype=object))
+            parts["measure"].append(np.full(k, sc.measure, dtype=object))
+            lo, hi = sc.low[order], sc.high[order]
+            parts["score"].append(sc.score[order])
+            parts["ci_low"].append(lo)
+            parts["ci_high"].append(hi)
+            parts["n_inputs"].append(np.full(k, stats.inputs_seen))
+            with np.errstate(invalid="ignore"):
+                parts["converged"].append(hi - lo <= eps)
+            parts["stop_reason"].append(np.full(k, stats.stop_reason, dtype=object))
+    data = {c: (np.concatenate(v) if v else np.zeros(0)) for c, v in parts.items()}
+    frame = pd.DataFrame(data, columns=COLUMNS)
+    frame = frame.astype({"unit": np.int64, "score": np.float64, "ci_low": np.float64, "ci_high": np.float64,
+                          "n_inputs": np.int64, "converged": bool})
+    frame.attrs["inspect"] = stats
+    return frame
+
+
+def ranked(frame: pd.DataFrame, hypothesis: str | None = None, measure: str | None = None,
+           label: Any = None, layer: str | None = None, n: int | None = None) -> pd.DataFrame:
+    """Rows of one hypothesis/measure/label/layer (any, when None), strongest first, at most n per group."""
+    f = frame
+    if hypothesis is not None:
+        f = f[f.hypothesis == hypothesis]
+    if measure is not None:
+        f = f[f.measure == measure]
+    if label is not None:
+        f = f[f.label == str(label)]
+    if layer is not None:
+        f = f[f.layer == layer]
+    if n is not None:
+        f = f.groupby(["layer", "hypothesis", "measure", "label"], sort=False, dropna=False).head(n)
+    return f
+
+
+def detectors(frame: pd.DataFrame, threshold: float = DETECTOR_IOU) -> pd.DataFrame:
+    """Network Dissection's detectors: per (layer, unit), its best concept by IoU, kept when IoU >= threshold."""
+    iou = frame[(frame.measure == "iou") & (frame.score >= threshold)]
+    if iou.empty:
+        return iou
+    best = iou.sort_values("score", ascending=False).drop_duplicates(["layer", "unit"])
+    return best.sort_values(["layer", "score"], ascending=[True, False]).reset_index(drop=True)

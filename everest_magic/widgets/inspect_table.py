@@ -1,0 +1,133 @@
+"""A ranked table of an inspection per hypothesis; clicking a unit opens its top-k gallery.
+
+    from everest_magic.widgets.inspect_table import InspectTable
+    table = InspectTable(frame, session)     # display it in a cell
+    table.select(0)                          # what clicking row 0's unit does
+
+One tab per hypothesis; in a tab, a dropdown picks the (view, measure, label) score list and
+the table shows its strongest units. Clicking a unit runs `session.topk(view, [unit], k)` and
+shows the result's gallery below (`everest_magic.widgets.gallery.Gallery`, imported when
+needed; when it cannot be imported, the result's DataFrame). Probe rows (the whole unit
+group) show the group's probe rows instead. Create the widget on the main thread.
+"""
+from __future__ import annotations
+
+import html
+from typing import Any, Callable
+
+import ipywidgets as widgets
+import numpy as np
+import pandas as pd
+
+from ..inspect.blocks import GROUP
+from ..inspect.results import ranked
+
+SelectCallback = Callable[[int, Any], None]
+_CELL = "padding:2px 8px;font-family:monospace;font-size:12px"
+
+
+class InspectTable(widgets.VBox):
+    """Ranked units per hypothesis of an inspection DataFrame, with a top-k gallery on click."""
+
+    def __init__(self, frame: pd.DataFrame, session: Any = None, *, rows: int = 10, k: int = 12):
+        self.frame = frame.reset_index(drop=True)
+        self.session = session
+        self.rows, self.k = int(rows), int(k)
+        self.selected: Any = None
+        self.output = widgets.Output()
+        self._callbacks: list[SelectCallback] = []
+        self.hypotheses = list(dict.fromkeys(self.frame.hypothesis))
+        self.pickers: dict[str, widgets.Dropdown] = {}
+        self.tables: dict[str, widgets.Box] = {}
+        tabs = widgets.Tab(children=[self._panel(h) for h in self.hypotheses])
+        for j, h in enumerate(self.hypotheses):
+            tabs.set_title(j, h)
+        self.tabs = tabs
+        super().__init__([widgets.HTML(self._summary()), tabs, self.output])
+
+    # -- public ----------------------------------------------------------------------------------
+    def select(self, row: int | pd.Series) -> Any:
+        """Do what clicking a row's unit does: show (and return) its top-k gallery, or for a
+        probe row the group's probe rows. `row` is an index of `self.frame` or one of its rows."""
+        r = self.frame.loc[int(row)] if not isinstance(row, pd.Series) else row
+        if int(r.unit) == GROUP or self.session is None:
+            f = self.frame
+            shown = f[(f.layer == r.layer) & (f.hypothesis == r.hypothesis) & (f.unit == int(r.unit))]
+        else:
+            result = self.session.topk(r.layer, [int(r.unit)], k=self.k)
+            shown = _gallery(result, self.session)
+        self.selected = shown
+        self.output.clear_output()
+        self.output.append_display_data(shown)
+        for fn in list(self._callbacks):
+            fn(int(r.name) if r.name is not None else -1, shown)
+        return shown
+
+    def on_select(self, callback: SelectCallback, remove: bool = False) -> None:
+        """Call `callback(row, shown)` after every selection (click or `select`)."""
+        if remove:
+            self._callbacks.remove(callback)
+        else:
+            self._callbacks.append(callback)
+
+    def rows_for(self, hypothesis: str, key: tuple | None = None) -> pd.DataFrame:
+        """The rows a tab shows for a (layer, measure, label) key (default: the first one)."""
+        keys = self._keys(hypothesis)
+        layer, measure, label = key or keys[0]
+        f = ranked(self.frame, hypothesis=hypothesis, measure=measure, layer=layer)
+        f = f[f.label.isna()] if label is None else f[f.label == label]
+        return f.head(self.rows)
+
+    # -- building ----------------------------------------------------------------------------------
+    def _keys(self, hypothesis: str) -> list[tuple]:
+        f = self.frame[self.frame.hypothesis == hypothesis]
+        keys = []
+        for layer, measure, label in zip(f.layer, f.measure, f.label):
+            key = (layer, measure, None if label is None or (isinstance(label, float) and np.isnan(label)) else label)
+            if key not in keys:
+                keys.append(key)
+        return keys
+
+    def _panel(self, hypothesis: str) -> widgets.VBox:
+        keys = self._keys(hypothesis)
+        options = [(f"{layer} · {measure}" + ("" if label is None else f" · {label}"), key)
+                   for key in keys for layer, measure, label in [key]]
+        picker = widgets.Dropdown(options=options, value=keys[0], description="scores",
+                                  layout=widgets.Layout(width="auto"))
+        box = widgets.VBox([self._table(hypothesis, keys[0])])
+        picker.observe(lambda change: setattr(box, "children", [self._table(hypothesis, change["new"])]), "value")
+        self.pickers[hypothesis], self.tables[hypothesis] = picker, box
+        return widgets.VBox([picker, box])
+
+    def _table(self, hypothesis: str, key: tuple) -> widgets.GridBox:
+        rows = self.rows_for(hypothesis, key)
+        head = ["rank", "layer", "unit", "label", "measure", "score", "95% CI", "n", "converged"]
+        cells: list[widgets.Widget] = [widgets.HTML(f"<b style='{_CELL}'>{h}</b>") for h in head]
+        for rank, (idx, r) in enumerate(rows.iterrows(), start=1):
+            unit = "group" if int(r.unit) == GROUP else str(int(r.unit))
+            button = widgets.Button(description=unit, tooltip=f"top-{self.k} inputs of {r.layer} unit {unit}",
+                                    layout=widgets.Layout(width="auto", height="24px"))
+            button.on_click(lambda _b, i=int(idx): self.select(i))
+            values = [str(rank), r.layer, None, "" if r.label is None else str(r.label), r.measure,
+                      f"{r.score:.4f}", f"[{r.ci_low:.3f}, {r.ci_high:.3f}]", str(int(r.n_inputs)),
+                      "yes" if r.converged else "no"]
+            cells += [button if v is None else widgets.HTML(f"<span style='{_CELL}'>{html.escape(v)}</span>")
+                      for v in values]
+        return widgets.GridBox(cells, layout=widgets.Layout(grid_template_columns=f"repeat({len(head)}, auto)"))
+
+    def _summary(self) -> str:
+        st = self.frame.attrs.get("inspect")
+        if st is None:
+            return f"<b>inspection</b>: {len(self.frame)} rows"
+        return (f"<b>inspection</b>: {len(self.frame)} rows over {st.inputs_seen} of {st.inputs_available} inputs "
+                f"(stopped: {html.escape(st.stop_reason)}; {st.inputs_from_cache} from cache; {st.seconds:.1f} s). "
+                f"Click a unit for its top-{self.k} inputs.")
+
+
+def _gallery(result: Any, session: Any) -> Any:
+    """The result's gallery widget, or its DataFrame when the gallery is unavailable."""
+    try:
+        from .gallery import Gallery
+    except ImportError:
+        return result.to_frame()
+    return Gallery(result, session)

@@ -1,0 +1,309 @@
+"""End to end in a real browser: JupyterLab + the everest sidebar + the quickstart notebook.
+
+Debian's /usr/bin/chromium, driven by Python Playwright, against `jupyter lab` started on
+127.0.0.1 in a temporary root dir holding a copy of notebooks/01-quickstart.ipynb. One
+scenario, step by step, a screenshot per step under test-artifacts/e2e/:
+
+  open the notebook (sidebar: empty state with the start hint) -> run all cells ->
+  the session and its index job appear in the sidebar, the job goes to done, the indexed
+  views show their size -> the result galleries render -> click a kNN thumbnail and
+  pick "kNN from this item": the drill-down level appears -> start `%everest index conv1`
+  and cancel it from the sidebar -> click a history entry: its magic lands in a new cell ->
+  reload the page (the sidebar reopens the channel itself) -> a second notebook shows its
+  own (empty) kernel, switching back shows the session -> restart the kernel: empty state;
+  `%load_ext` + `%everest use` again: the session is back.
+
+Needs chromium, playwright and jupyterlab (scripts/setup_browser.sh); missing ones FAIL
+the test with a message saying so, they never skip it.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from e2e_util import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, JS_ACTIVE_INDEX, JS_ALL_CELLS_RAN,
+                      JS_CELL_SOURCES, JS_KERNEL_IDLE, REPO, LabServer, Shots, require_browser_stack,
+                      reset_artifacts, step, wait_js)
+
+NOTEBOOK = "01-quickstart.ipynb"
+SCRATCH = "scratch.ipynb"
+
+# -- DOM of the result gallery (everest_magic/widgets/gallery.js) ------------------------------
+GALLERY = ".everest-gallery"
+THUMBNAIL = "figure.ev-item.ev-clickable"            # one result item; a click opens the menu
+THUMBNAIL_IMG = "figure.ev-item img"
+ACTION_KNN = ".ev-menu button.ev-action[data-action='knn']"   # "kNN from this item"
+LEVEL = "section.ev-level[data-level='{}']"          # level 0: the result, 1: first drill-down
+BREADCRUMBS = "nav.ev-crumbs"
+
+# -- DOM of the sidebar (labextension/panel.ts) -----------------------------------------------
+SIDEBAR_TAB = ".jp-SideBar li[data-id='everest-magic-sidebar']"
+SIDEBAR = "#everest-magic-sidebar"
+EMPTY = f"{SIDEBAR} .everest-empty"
+SESSION = f"{SIDEBAR} .everest-session[data-session='default']"
+VIEW = f"{SIDEBAR} .everest-view[data-view='{{}}']"
+JOB = f"{SIDEBAR} .everest-job"
+HISTORY_ENTRY = f"{SIDEBAR} .everest-history-entry"
+
+# generous ceilings (training ~20 s, indexing two layers ~30 s on 2 CPU cores)
+RUN_ALL_S = 240
+STEP_S = 60
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    require_browser_stack()
+    reset_artifacts()
+    base = tmp_path_factory.mktemp("e2e-lab")
+    server = LabServer(base, ARTIFACTS / "jupyterlab.log")
+    shutil.copy(REPO / "notebooks" / NOTEBOOK, server.root / NOTEBOOK)
+    (server.root / SCRATCH).write_text(json.dumps({
+        "cells": [{"cell_type": "code", "execution_count": None, "id": "scratch-1", "metadata": {},
+                   "outputs": [], "source": "x = 1"}],
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+        "nbformat": 4, "nbformat_minor": 5}))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def page(lab):
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1600, "height": 1000})
+        pg = context.new_page()
+        pg.set_default_timeout(STEP_S * 1000)
+        console = open(ARTIFACTS / "browser-console.log", "w")
+        pg.on("console", lambda m: console.write(f"[{m.type}] {m.text}\n"))
+        pg.on("pageerror", lambda e: console.write(f"[pageerror] {e}\n"))
+        try:
+            yield pg
+        finally:
+            console.close()
+            context.close()
+            browser.close()
+
+
+def test_labextension_installed_and_enabled():
+    """`pip install` of the package alone makes JupyterLab list the sidebar as enabled."""
+    require_browser_stack()
+    out = subprocess.run([sys.executable, "-m", "jupyter", "labextension", "list"],
+                         capture_output=True, text=True, timeout=120)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
+    line = next((ln for ln in text.splitlines() if ln.strip().startswith("everest_magic ")), None)
+    assert line is not None, f"everest_magic is not a JupyterLab extension here:\n{text}"
+    assert "enabled" in line and "OK" in line, line
+
+
+# -- page actions ---------------------------------------------------------------------------------
+
+def open_notebook(page, lab, path: str) -> None:
+    page.goto(lab.lab_url(path))
+    page.wait_for_selector(".jp-NotebookPanel", state="visible", timeout=90_000)
+    wait_js(page, JS_KERNEL_IDLE, path, 90, f"the kernel of {path} to be idle")
+    plugin_on = page.evaluate("() => window.jupyterapp.isPluginActivated('everest_magic:sidebar')")
+    assert plugin_on, "the everest_magic:sidebar plugin is not active in JupyterLab"
+
+
+def show_sidebar(page) -> None:
+    if not page.locator(SIDEBAR).is_visible():
+        page.click(SIDEBAR_TAB)
+    page.wait_for_selector(SIDEBAR, state="visible")
+
+
+def menu(page, top: str, item: str) -> None:
+    """Click a main-menu entry (item is a regex for the label)."""
+    page.click(f".lm-MenuBar-itemLabel:text-is('{top}')")
+    page.locator(".lm-Menu-itemLabel").filter(has_text=re.compile(item)).first.click()
+
+
+def code_cell(page, text: str):
+    """The visible notebook's code cell whose input contains `text`."""
+    nb = page.locator(".jp-NotebookPanel:visible")
+    return nb.locator(".jp-CodeCell").filter(
+        has=page.locator(".jp-InputArea", has_text=text)).first
+
+
+def select_cell_command_mode(page, cell) -> None:
+    cell.scroll_into_view_if_needed()
+    cell.locator(".jp-InputPrompt").click()
+    page.keyboard.press("Escape")
+
+
+def add_cell_at_end_and_run(page, text: str) -> None:
+    last = page.locator(".jp-NotebookPanel:visible .jp-Cell").last
+    select_cell_command_mode(page, last)
+    page.keyboard.press("b")          # new cell below, selected
+    page.keyboard.press("Enter")      # edit it
+    page.keyboard.type(text)
+    page.keyboard.press("Shift+Enter")
+
+
+def job_locator(page, description: str):
+    return page.locator(JOB).filter(
+        has=page.locator(".everest-job-description", has_text=re.compile(rf"^{re.escape(description)}$")))
+
+
+def expect_attr(locator, name: str, value, timeout_s: float = STEP_S) -> None:
+    from playwright.sync_api import expect
+    expect(locator).to_have_attribute(name, value, timeout=timeout_s * 1000)
+
+
+# -- the scenario --------------------------------------------------------------------------------
+
+def test_quickstart_notebook_with_sidebar(lab, page):
+    from playwright.sync_api import expect
+    shots = Shots(page)
+    t0 = time.time()
+
+    with step(shots, "open-notebook"):
+        open_notebook(page, lab, NOTEBOOK)
+        show_sidebar(page)
+        expect_attr(page.locator(SIDEBAR), "data-status", "not-loaded")
+        expect(page.locator(EMPTY)).to_contain_text("%load_ext everest_magic")
+        expect(page.locator(EMPTY)).to_contain_text("%everest use model=")
+        shots.take("sidebar-empty-state-before-load-ext")
+
+    with step(shots, "run-all-session-and-index-job"):
+        menu(page, "Run", r"^Run All Cells$")
+        page.wait_for_selector(SESSION, state="visible", timeout=RUN_ALL_S * 1000)
+        session = page.locator(SESSION)
+        expect(session.locator(".everest-session-model")).to_contain_text("MnistCNN")
+        expect(session.locator(".everest-session-data")).to_contain_text("50000")
+        expect(session.locator(".everest-session-index")).to_contain_text("mnist_index.h5")
+        job = job_locator(page, "index conv2 fc1")
+        expect_attr(job, "data-status", "running", RUN_ALL_S)
+        # live progress: the bar moves past zero while the job runs
+        page.wait_for_function(
+            """(sel) => [...document.querySelectorAll(sel)].some(j =>
+                 j.dataset.status === 'running' &&
+                 j.querySelector('.everest-job-description').textContent === 'index conv2 fc1' &&
+                 Number(j.querySelector('.everest-job-progress').dataset.progress) > 0)""",
+            arg=JOB, timeout=RUN_ALL_S * 1000, polling=100)
+        expect(job.locator(".everest-job-cancel")).to_be_visible()
+        shots.take("sidebar-index-job-running-with-progress")
+
+    with step(shots, "index-job-done-views-listed"):
+        expect_attr(job, "data-status", "done", RUN_ALL_S)
+        expect(job.locator(".everest-job-status")).to_have_text("done")
+        expect(job.locator(".everest-job-cancel")).to_have_count(0)
+        for view in ("conv2", "fc1"):
+            v = page.locator(VIEW.format(view))
+            expect(v).to_be_visible()
+            expect(v.locator(".everest-view-size")).to_have_text(re.compile(r"^[\d.]+ (B|kB|MB|GB)$"))
+            expect(v.locator(".everest-view-ratio")).to_have_text(re.compile(r"^[\d.]+% of full$"))
+        shots.take("sidebar-index-job-done-views-with-size-and-ratio")
+
+    with step(shots, "all-cells-ran-galleries"):
+        result = wait_js(page, JS_ALL_CELLS_RAN, NOTEBOOK, RUN_ALL_S, "every cell of the notebook to run")
+        assert result == "done", result
+        knn_cell = code_cell(page, "%%everest knn 20")
+        knn_cell.scroll_into_view_if_needed()
+        gallery = knn_cell.locator(GALLERY)
+        expect(gallery.locator(LEVEL.format(0)).locator(THUMBNAIL)).to_have_count(20, timeout=STEP_S * 1000)
+        # thumbnails are real images (decoded, non-empty)
+        page.wait_for_function(
+            """(el) => { const imgs = el.querySelectorAll('img');
+                         return imgs.length >= 20 && [...imgs].every(i => i.complete && i.naturalWidth > 0); }""",
+            arg=gallery.element_handle(), timeout=STEP_S * 1000)
+        top_cell = code_cell(page, "%%everest topk 12 -o top")
+        expect(top_cell.locator(GALLERY).locator(THUMBNAIL)).to_have_count(12)
+        gallery.scroll_into_view_if_needed()
+        shots.take("knn-result-gallery")
+
+    with step(shots, "click-thumbnail-knn-drilldown"):
+        expect(gallery.locator(LEVEL.format(1))).to_have_count(0)
+        gallery.locator(LEVEL.format(0)).locator(THUMBNAIL).nth(2).click()
+        page.locator(ACTION_KNN).click()
+        level1 = gallery.locator(LEVEL.format(1))
+        expect(level1.locator(THUMBNAIL)).to_have_count(20, timeout=STEP_S * 1000)
+        expect(gallery.locator(BREADCRUMBS)).to_be_visible()
+        level1.scroll_into_view_if_needed()
+        shots.take("knn-drilldown-level-after-thumbnail-click")
+
+    with step(shots, "cancel-job-from-sidebar"):
+        add_cell_at_end_and_run(page, "%everest index conv1")
+        job = job_locator(page, "index conv1")
+        expect_attr(job, "data-status", "running", STEP_S)
+        shots.take("sidebar-conv1-index-job-running")
+        job.locator(".everest-job-cancel").click()
+        expect_attr(job, "data-status", "cancelled", STEP_S)
+        expect(job.locator(".everest-job-cancel")).to_have_count(0)
+        shots.take("sidebar-conv1-index-job-cancelled")
+
+    with step(shots, "history-entry-inserts-cell"):
+        entry = page.locator(HISTORY_ENTRY).filter(has=page.locator(".everest-history-text",
+                                                                     has_text="%%everest topk 12 -o top"))
+        expect(entry).to_have_count(1)
+        expect_attr(entry, "data-status", "done")
+        text = entry.locator(".everest-history-text").text_content()
+        before = page.evaluate(JS_CELL_SOURCES, NOTEBOOK)
+        active = page.evaluate(JS_ACTIVE_INDEX, NOTEBOOK)
+        entry.click()
+        wait_js(page, f"(path) => ({JS_CELL_SOURCES})(path).length === {len(before) + 1}", NOTEBOOK,
+                STEP_S, "a new cell after clicking the history entry")
+        after = page.evaluate(JS_CELL_SOURCES, NOTEBOOK)
+        new_index = page.evaluate(JS_ACTIVE_INDEX, NOTEBOOK)
+        assert new_index == active + 1, (active, new_index)
+        assert after[new_index] == text, (after[new_index], text)
+        assert after[:new_index] == before[:new_index] and after[new_index + 1:] == before[new_index:]
+        inserted = page.locator(".jp-NotebookPanel:visible .jp-Cell").nth(new_index)
+        inserted.scroll_into_view_if_needed()
+        expect(inserted).to_contain_text("layer conv2")
+        shots.take("history-entry-inserted-as-new-cell")
+
+    with step(shots, "reload-sidebar-reopens-channel"):
+        page.reload()
+        open_notebook(page, lab, NOTEBOOK)
+        show_sidebar(page)
+        # no %load_ext ran since: the sidebar opened the comm to the kernel itself
+        page.wait_for_selector(SESSION, state="visible")
+        expect(job_locator(page, "index conv2 fc1")).to_have_attribute("data-status", "done")
+        expect(job_locator(page, "index conv1")).to_have_attribute("data-status", "cancelled")
+        expect(page.locator(HISTORY_ENTRY)).not_to_have_count(0)
+        shots.take("sidebar-after-page-reload")
+
+    with step(shots, "switch-notebooks"):
+        page.evaluate(f"() => window.jupyterapp.commands.execute('docmanager:open', "
+                      f"{{path: '{SCRATCH}', factory: 'Notebook'}})")
+        wait_js(page, JS_KERNEL_IDLE, SCRATCH, 90, f"the kernel of {SCRATCH} to be idle")
+        expect(page.locator(f"{SIDEBAR} .everest-notebook")).to_contain_text(SCRATCH)
+        expect_attr(page.locator(SIDEBAR), "data-status", "not-loaded")
+        expect(page.locator(EMPTY)).to_contain_text("%load_ext everest_magic")
+        expect(page.locator(SESSION)).to_have_count(0)
+        shots.take("sidebar-switched-to-notebook-without-session")
+        page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab", has_text=NOTEBOOK).click()
+        expect(page.locator(f"{SIDEBAR} .everest-notebook")).to_contain_text(NOTEBOOK)
+        page.wait_for_selector(SESSION, state="visible")
+        shots.take("sidebar-switched-back-to-quickstart")
+
+    with step(shots, "restart-kernel-empty-then-session-again"):
+        menu(page, "Kernel", r"^Restart Kernel…?$")
+        page.click(".jp-Dialog .jp-mod-accept")
+        expect_attr(page.locator(SIDEBAR), "data-status", "not-loaded")
+        expect(page.locator(SESSION)).to_have_count(0)
+        expect(page.locator(EMPTY)).to_contain_text("%everest use model=")
+        wait_js(page, JS_KERNEL_IDLE, NOTEBOOK, 90, "the restarted kernel to be idle")
+        shots.take("sidebar-empty-after-kernel-restart")
+        # rerun the setup cells: the model comes from mnist_cnn.pt, then %load_ext + %everest use
+        first = code_cell(page, "trained_mnist_cnn")
+        first.locator(".cm-content").click()
+        page.keyboard.press("Shift+Enter")
+        page.keyboard.press("Shift+Enter")
+        page.wait_for_selector(SESSION, state="visible", timeout=120_000)
+        expect_attr(page.locator(SIDEBAR), "data-status", "connected")
+        expect(page.locator(VIEW.format("conv2"))).to_be_visible()
+        expect(page.locator(JOB)).to_have_count(0)   # a new kernel: no jobs yet
+        shots.take("sidebar-session-back-after-restart")
+
+    print(f"e2e scenario: {time.time() - t0:.0f} s; screenshots: {[p.name for p in shots.files]}")
