@@ -39,7 +39,8 @@ QUICKSTART = [
     ("code", "%%everest bottomk 8 -o low\nlayer fc1\nneurons 0:10\nby mean"),
     ("md", "## kNN: the 20 nearest images to input 4711, in the space of its 10 most activated conv2 neurons"),
     ("code", "%%everest knn 20 -o nn\ntarget 4711\nlayer conv2\nneurons top 10 of input 4711"),
-    ("code", "print(nn)\nprint('labels of the neighbours:', nn.labels.tolist())"),
+    ("code", "print('neighbours:', nn.ids.tolist())          # attribute access waits for the result\n"
+             "print('their labels:', nn.labels.tolist())\nprint(nn)"),
     ("md", "## Exact: the same answers as a full recomputation over all 50,000 images"),
     ("code", "from everest_magic.engine.baselines import ReprocessAll\ns = em.session()\nbrute = ReprocessAll(s)\n"
              "checks = {\n"

@@ -211,15 +211,22 @@ class AnyFunction(InputFunction):
     """A plain callable: an input-level hypothesis if it returns a value, a concept mask if it
     returns a 2-D array (decided on its first output by `settle`)."""
 
-    def key(self) -> str | None:
-        return None
-
-    def check(self, value: Any, i: int, tokens: Tokens | None) -> Any:
-        return value
-
-    def settle(self, value: Any) -> InputFunction:
+    def settle(self, session: Any, i: int) -> InputFunction:
+        """The input-level or mask hypothesis this function is, from its output on input i
+        (that output is cached)."""
+        cache = _cache_of(session)
+        for cls in (InputFunction, MaskFunction):
+            h = cls(self.fn, self.name, self.kind, self._key)
+            if cache.get(h.key(), i) is not None:
+                return h
+        try:
+            value = self.fn(session.data.item(i))
+        except Exception as e:
+            raise QueryError(f"hypothesis {self.name!r} failed on input {i}: {type(e).__name__}: {e}") from e
         cls = MaskFunction if _numpy(value).ndim == 2 else InputFunction
-        return cls(self.fn, self.name, self.kind, self._key)
+        h = cls(self.fn, self.name, self.kind, self._key)
+        cache.put(h.key(), i, h.check(value, i, None))
+        return h
 
 
 # -- kinds and encodings -----------------------------------------------------------------------------
@@ -368,15 +375,26 @@ def _fn_name(fn: Callable) -> str | None:
 
 def _fn_key(fn: Callable) -> str:
     """Qualified name plus a hash of the source, closure values and defaults (the object's id
-    when there is no source)."""
+    when there is no source). Closure values and defaults count by value when they are plain
+    scalars or strings (or tuples of them), by identity otherwise."""
     qual = getattr(fn, "__qualname__", type(fn).__name__)
     try:
         src = _pyinspect.getsource(fn)
     except (OSError, TypeError):
         return f"{qual}:id{id(fn)}"
-    cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _has_contents(c)]
-    state = repr((src, cells, getattr(fn, "__defaults__", None), getattr(fn, "__kwdefaults__", None)))
+    cells = [_token(c.cell_contents) for c in (getattr(fn, "__closure__", None) or ()) if _has_contents(c)]
+    defaults = [_token(v) for v in (getattr(fn, "__defaults__", None) or ())]
+    defaults += [(k, _token(v)) for k, v in (getattr(fn, "__kwdefaults__", None) or {}).items()]
+    state = repr((src, cells, defaults))
     return f"{qual}:{hashlib.sha256(state.encode()).hexdigest()[:16]}"
+
+
+def _token(v: Any) -> Any:
+    if v is None or isinstance(v, (bool, int, float, str, bytes)):
+        return v
+    if isinstance(v, tuple) and all(x is None or isinstance(x, (bool, int, float, str, bytes)) for x in v):
+        return v
+    return f"id:{id(v)}"
 
 
 def _has_contents(cell: Any) -> bool:

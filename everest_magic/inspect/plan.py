@@ -190,7 +190,7 @@ def build_plan(session: Any, views: Any, hypotheses: Any, measures: Any = "auto"
         order = order[: opts.max_inputs]
     sample = order[:KIND_SAMPLE]
 
-    hyps = [h.settle(_first(h, session, order[:1])) if isinstance(h, AnyFunction) else h for h in hyps]
+    hyps = [h.settle(session, int(order[0])) if isinstance(h, AnyFunction) else h for h in hyps]
     levels = {h.level for h in hyps}
     raw = {v.layer: session.view(v.layer) for v in vs} if levels - {"input"} else {}
     shape_views = list({v.name: v for v in vs + list(raw.values())}.values())
@@ -270,10 +270,6 @@ def build_plan(session: Any, views: Any, hypotheses: Any, measures: Any = "auto"
     desc = f"inspect {' '.join(v.name for v in vs)} ~ {', '.join(h.name for h in hyps)}"
     return Plan(session, blocks, hyps, encoders, order, len(candidates), fetch, opts, tokenizer, token_length,
                 list(dict.fromkeys(skipped)), desc)
-
-
-def _first(h: Hypothesis, session: Any, ids: np.ndarray) -> Any:
-    return h.values(session, ids)[0]
 
 
 def _infer(h: Hypothesis, session: Any, sample: np.ndarray, tokens: Any) -> str:
