@@ -25,7 +25,7 @@ FAMILIES = (
     "knn-g3-top", "knn-g10-top",
 )
 # bottom-k over random groups of ReLU units is dominated by exact ties at zero; it is
-# measured separately (profile.py), not in the timed mix: see docs/benchmarks.md
+# measured separately (profile_engine.py), not in the timed mix: see docs/benchmarks.md
 
 
 def parse_family(family: str) -> tuple[str, int, str]:

@@ -189,6 +189,10 @@ def markdown(results: dict, figures: dict[str, str], img_prefix: str = "") -> st
         cc = wr["cold_cache"]
         L.append(f"- **{wname}**: {wr['description']}; views {', '.join(f'`{v}`' for v in wr['views'])}; "
                  f"batch size {wr['batch_size']}; PreprocessAll cold reads: `{cc['method']}` ({cc['note']}).")
+    cfg = results["config"]
+    L.append(f"- engine settings: P = {cfg['partitions']}, ratio = {cfg['ratio']}, scheme `{cfg['scheme']}` (the engine's "
+             f"defaults); torch / FAISS threads: {cfg['threads']}; k = 20; activation cache cleared before every "
+             f"independent query.")
     if results.get("skipped"):
         L.append(f"- skipped: {', '.join(results['skipped'])}")
     c = s["checks"]
@@ -206,8 +210,8 @@ def markdown(results: dict, figures: dict[str, str], img_prefix: str = "") -> st
     L.append("### Latency by query family")
     L.append("")
     L.append("Engine latency is the wall time of the `Session` call with the activation cache cleared before it. "
-             "ReprocessAll is one full inference pass whatever the query, so it runs once or twice per view "
-             "(answers checked) and the speedup divides its median by the engine's. Ratios to PreprocessAll are medians "
+             "ReprocessAll is one full inference pass whatever the query, so it answers one query per view "
+             "(checked like the rest) and the speedup divides its time by the engine's median. Ratios to PreprocessAll are medians "
              "of per-query ratios (engine / PreprocessAll on the same query).")
     L.append("")
     L.append("| view | family | q | engine median ms | p90 ms | recomputed median (p90) | speedup vs ReprocessAll | "
@@ -292,6 +296,29 @@ def markdown(results: dict, figures: dict[str, str], img_prefix: str = "") -> st
                          f"{r.get('median_knn3_pct', float('nan')):.2f}% / {r.get('median_knn10_pct', float('nan')):.2f}% | "
                          f"{r.get('median_topk3_pct', float('nan')):.2f}% / {r.get('median_topk10_pct', float('nan')):.2f}% |")
             L.append("")
+    st = results.get("stage_seconds")
+    if st:
+        groups: dict[tuple[str, str], float] = defaultdict(float)
+        for name, sec in st.items():
+            head, _, what = name.partition(": ")
+            wl = head.split("/")[0]
+            if any(what.startswith(k) for k in ("topk", "bottomk", "knn")):
+                what = "queries (every system)"
+            elif what.startswith("P="):
+                what = "builds + queries per setting"
+            groups[(wl, what)] += sec
+        L.append("### Where the run's time went")
+        L.append("")
+        L.append("| part | stage | seconds |")
+        L.append("|---|---|---|")
+        for (wl, what), sec in groups.items():
+            L.append(f"| {wl} | {what} | {sec:.0f} |")
+        L.append(f"| **total** | | **{results['wall_seconds']:.0f}** |")
+        la = results.get("load_average_at_end")
+        if la:
+            L.append("")
+            L.append(f"Load average at the end: {tuple(round(x, 2) for x in la)} (1, 5, 15 min; 2 CPUs).")
+        L.append("")
     if figures:
         L.append("### Figures")
         L.append("")
@@ -447,8 +474,11 @@ def plots(results: dict, out: Path) -> dict[str, str]:
                    color="#7f7f7f")
             ax.bar(steps + 0.2, [1000 * o["seconds"] for o in dd["session"]], 0.4, label="one session (cache kept)",
                    color=COLORS["engine"])
+            for xs, key in ((steps - 0.2, "independent"), (steps + 0.2, "session")):
+                for x_, o in zip(xs, dd[key]):
+                    ax.text(x_, 1000 * o["seconds"], str(o["recomputed"]), ha="center", va="bottom", fontsize=6)
             ax.set_xticks(steps)
-            ax.set_xlabel("query of the drill-down")
+            ax.set_xlabel("query of the drill-down (numbers: inputs recomputed)")
             ax.set_ylabel("ms")
             ax.set_title(f"{w} {short(v)}", fontsize=9)
             ax.legend(fontsize=7)
@@ -480,22 +510,26 @@ def plots(results: dict, out: Path) -> dict[str, str]:
     # 9. sweep
     sw = results.get("sweep")
     if sw and sw["rows"]:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-        for r in sw["rows"]:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+        for i, r in enumerate(sorted(sw["rows"], key=lambda r: r["size_ratio"])):
             lbl = f"P={r['P']} r={r['ratio']}" + ("" if r["scheme"] == "tails" else f" {r['scheme']}")
-            default = r["P"] == 16 and r["ratio"] == 0.002 and r["scheme"] == "tails"
-            knn = np.median([r["families"][f]["median_ms"] for f in r["families"] if f.startswith("knn")])
+            default = (r["P"], r["ratio"], r["scheme"]) == tuple(results["defaults"])
             rec = np.median([r["families"][f]["median_recomputed_pct"] for f in r["families"] if f.startswith("knn")])
             for ax, y in zip(axes, (r["median_ms"], rec)):
                 ax.scatter(100 * r["size_ratio"], y, color=COLORS["engine"] if default else "#1f77b4",
                            s=60 if default else 25, zorder=3)
                 ax.annotate(lbl + (" (default)" if default else ""), (100 * r["size_ratio"], y), fontsize=7,
-                            xytext=(4, 3), textcoords="offset points")
-            del knn
+                            xytext=(4, 10 if i % 2 else -12), textcoords="offset points")
+        from matplotlib.ticker import FormatStrFormatter
+        for ax in axes:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+            ax.tick_params(axis="y", which="minor", labelsize=7)
         axes[0].set_xlabel("index size, % of full float32")
         axes[0].set_ylabel("median latency, ms (all sweep queries)")
         axes[1].set_xlabel("index size, % of full float32")
-        axes[1].set_ylabel("kNN median % of inputs recomputed")
+        axes[1].set_ylabel("kNN median % of inputs recomputed (median of families)")
         axes[0].set_title(f"storage / latency trade-off ({sw['view_note']}, n={sw['n']:,})", fontsize=9)
         axes[1].set_title("storage / recomputation trade-off", fontsize=9)
         save(fig, "sweep.png", "Sweep of partitions P and top-list ratio: storage vs latency")

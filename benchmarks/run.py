@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import everest_magic as em  # noqa: E402
-from everest_magic.engine.baselines import ReprocessAll  # noqa: E402
+from everest_magic.engine.build import DEFAULT_P, DEFAULT_RATIO, DEFAULT_SCHEME  # noqa: E402
 
 import queries as QS  # noqa: E402
 import report  # noqa: E402
@@ -56,26 +55,33 @@ class Config:
     name: str = "full"
     mnist_n: int = 50000
     mnist_views: list[str] = field(default_factory=lambda: ["conv1", "conv2", "fc1"])
-    minilm_n: int = 5000                    # 0 skips MiniLM
-    queries: int = 20                       # per view and family
-    minilm_queries: int = 20
+    batch_size: int = 128
+    queries: int = 20                       # MNIST: per view and family
     families: list[str] = field(default_factory=lambda: list(QS.FAMILIES))
+    minilm_n: int = 5000                    # 0 skips MiniLM
+    # MiniLM recomputes cost ~15-30 ms a sentence here, so a recompute batch is smaller
+    # (same throughput per sentence as 128, see docs) and fewer queries per family
+    minilm_batch_size: int = 32
+    minilm_queries: dict[str, int] = field(default_factory=lambda: {"topk": 4, "bottomk": 20, "knn": 10})
+    # the bare pass of MiniLM is timed on this many sentences and scaled to n (every
+    # batch has the same padded shape, so its cost is linear in batches); None: all
+    minilm_bare_sample: int | None = 1024
     # ReprocessAll costs one full inference pass per query whatever the query asks, so it
     # answers (and is checked on) the first query of these families on every view; the
     # first family must be a random-group one (its pass also yields the brute-force rows)
-    reprocess_families: list[str] = field(default_factory=lambda: ["topk-g3-rand", "knn-g10-top"])
-    minilm_reprocess_families: list[str] = field(default_factory=lambda: ["topk-g3-rand"])
-    drilldown_views: list[str] = field(default_factory=lambda: ["conv2", W.MINILM_VIEW])
-    batch_size: int = 128
-    partitions: int = 16
-    ratio: float = 0.002
-    scheme: str = "tails"
+    reprocess_families: list[str] = field(default_factory=lambda: ["topk-g3-rand"])
+    drilldown_views: list[str] = field(default_factory=lambda: ["conv2"])
+    threads: int = 1                        # torch (and FAISS) intra-op threads, see docs
+    partitions: int = DEFAULT_P             # the engine's defaults
+    ratio: float = DEFAULT_RATIO
+    scheme: str = DEFAULT_SCHEME
     sweep: bool = True
     sweep_n: int = 50000
     sweep_queries: int = 5
-    sweep_settings: list[tuple[int, float, str]] = field(default_factory=lambda: [
-        (4, 0.002, "tails"), (8, 0.002, "tails"), (16, 0.002, "tails"), (32, 0.002, "tails"),
-        (64, 0.002, "tails"), (16, 0.0, "tails"), (16, 0.01, "tails"), (16, 0.002, "equi")])
+    # P in {8, 16, 32, 64} at the default ratio, and ratio 0 / 0.01 at the default P
+    sweep_settings: list[tuple[int, float, str]] = field(default_factory=lambda: sorted(
+        {(P, DEFAULT_RATIO, DEFAULT_SCHEME) for P in (8, 16, 32, 64, DEFAULT_P)}
+        | {(DEFAULT_P, r, DEFAULT_SCHEME) for r in (0.0, 0.01)}))
     seed: int = 0
 
     @classmethod
@@ -84,9 +90,17 @@ class Config:
 
     @classmethod
     def smoke(cls) -> "Config":
-        return cls(name="smoke", mnist_n=2000, minilm_n=100, queries=3, minilm_queries=3,
-                   reprocess_families=["topk-g3-rand"], sweep_n=2000, sweep_queries=2,
-                   sweep_settings=[(8, 0.002, "tails"), (16, 0.002, "tails")])
+        return cls(name="smoke", mnist_n=2000, mnist_views=["conv2", "fc1"], queries=3, minilm_n=100,
+                   drilldown_views=["conv2", W.MINILM_VIEW],
+                   minilm_batch_size=16, minilm_queries={"topk": 2, "bottomk": 2, "knn": 2}, minilm_bare_sample=None,
+                   sweep_n=2000, sweep_queries=2,
+                   sweep_settings=sorted({(8, DEFAULT_RATIO, DEFAULT_SCHEME), (DEFAULT_P, DEFAULT_RATIO, DEFAULT_SCHEME)}))
+
+    def counts(self, workload: str) -> dict[str, int]:
+        """Queries per family for a workload."""
+        if workload == "minilm":
+            return {f: self.minilm_queries[QS.parse_family(f)[0]] for f in self.families}
+        return {f: self.queries for f in self.families}
 
 
 # -- machine ----------------------------------------------------------------------------------------
@@ -130,14 +144,28 @@ class Progress:
 
     def __init__(self, total: int, enabled: bool = True):
         from tqdm import tqdm
+        self.stages: dict[str, float] = {}
+        self.live = sys.stderr.isatty()   # redraw on every note only on a terminal
+        self._current: tuple[str, float] | None = None
         self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, disable=not enabled, file=sys.stderr,
+                        mininterval=0.5 if sys.stderr.isatty() else 5.0,
                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}")
 
     def stage(self, text: str) -> None:
-        self.bar.set_description_str(text)
+        """Start a named stage (its wall time is recorded under its name up to the first ':' + ' ')."""
+        self._close_stage()
+        self._current = (text.split(": ")[0] + ": " + text.split(": ")[1].split(" (")[0] if ": " in text else text,
+                         time.perf_counter())
+        self.bar.set_description_str(text, refresh=self.live)
+
+    def _close_stage(self) -> None:
+        if self._current is not None:
+            name, t0 = self._current
+            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - t0
+            self._current = None
 
     def note(self, text: str) -> None:
-        self.bar.set_postfix_str(text)
+        self.bar.set_postfix_str(text, refresh=self.live)
 
     def step(self, n: int = 1) -> None:
         self.bar.update(n)
@@ -146,39 +174,54 @@ class Progress:
         self.bar.write(text, file=sys.stderr)
 
     def close(self) -> None:
+        self._close_stage()
         self.bar.close()
 
 
 def planned_steps(cfg: Config) -> int:
-    per_view = len(cfg.families)
-    steps = 0
     # bare pass, build, materialise, done; per view: the ReprocessAll capture pass, the
     # queries (a query that ReprocessAll also answers counts twice), the drill-down
-    if cfg.mnist_n:
-        V = len(cfg.mnist_views)
-        steps += 4 + V * (1 + per_view * cfg.queries + len(cfg.reprocess_families) - 1)
-        steps += sum(1 for v in cfg.drilldown_views if v in cfg.mnist_views)
-    if cfg.minilm_n:
-        steps += 4 + 1 + per_view * cfg.minilm_queries + len(cfg.minilm_reprocess_families) - 1
-        steps += 1 if W.MINILM_VIEW in cfg.drilldown_views else 0
+    steps = 0
+    for name, views, n in (("mnist", cfg.mnist_views, cfg.mnist_n), ("minilm", [W.MINILM_VIEW], cfg.minilm_n)):
+        if n:
+            per_view = sum(cfg.counts(name).values()) + len(cfg.reprocess_families) - 1
+            steps += 4 + len(views) * (1 + per_view) + sum(1 for v in cfg.drilldown_views if v in views)
     if cfg.sweep:
         steps += 1 + len(cfg.sweep_settings)
     return steps
 
 
+def _short(view: str) -> str:
+    return "L3-FFN" if view == W.MINILM_VIEW else view
+
+
 # -- one workload -----------------------------------------------------------------------------------
 
-def bare_pass(w: W.Workload) -> float:
-    """Seconds of the model's forward over every input, batch_size at a time, no hooks."""
+def bare_pass(w: W.Workload, sample: int | None = None) -> tuple[float, dict]:
+    """Seconds of the model's forward over every input, batch_size at a time, no hooks.
+
+    With `sample`, only the first `sample` inputs (whole batches) run and the time is
+    scaled by n / sample; the note says so.
+    """
+    limit = w.n if not sample or sample >= w.n else max(w.batch_size, sample // w.batch_size * w.batch_size)
+    with torch.inference_mode():   # one untimed batch first: one-time kernel setup is not inference
+        w.bare_forward(next(iter(w.bare_batches())))
     t0 = time.perf_counter()
+    done = 0
     with torch.inference_mode():
         for batch in w.bare_batches():
             w.bare_forward(batch)
-    return time.perf_counter() - t0
+            done += w.batch_size
+            if done >= limit:
+                break
+    seconds = time.perf_counter() - t0
+    if limit >= w.n:
+        return seconds, {"measured_inputs": w.n, "scaled": False}
+    return seconds * w.n / limit, {"measured_inputs": limit, "measured_seconds": seconds, "scaled": True}
 
 
 def run_query(spec: QS.QuerySpec, s, A: np.ndarray, pre: Preprocess, cold: ColdFile, ram: NumpyRAM,
-              fa: FaissFlat | None, ra: ReprocessAll | None = None) -> dict:
+              fa: FaissFlat | None, ra: CapturingReprocessAll | None = None) -> dict:
     ref_keys, ref_ids = reference(spec, A)
     out = {}
     s.cache.clear()   # independent queries: nothing carried over
@@ -212,16 +255,19 @@ def run_drilldown(specs: list[QS.QuerySpec], s, A: np.ndarray) -> dict:
     return res
 
 
-def bench_workload(w: W.Workload, cfg: Config, out: Path, bar: Progress, nq: int, reprocess_families: list[str],
-                   cold_method: str) -> dict:
+def bench_workload(w: W.Workload, cfg: Config, out: Path, bar: Progress, created: list[Path], cold_method: str,
+                   bare_sample: int | None = None) -> dict:
+    counts = cfg.counts(w.name)
+    reprocess_families = cfg.reprocess_families
     res: dict = {"name": w.name, "description": w.description, "n": w.n, "views": w.views,
                  "batch_size": w.batch_size, "setup_seconds": w.setup_seconds, "meta": w.meta}
     bar.stage(f"{w.name}: bare inference pass")
-    res["bare_pass_seconds"] = bare_pass(w)
+    res["bare_pass_seconds"], res["bare_pass"] = bare_pass(w, bare_sample)
     bar.step()
 
     bar.stage(f"{w.name}: index build")
-    index_path = out / f"{w.name}_index.h5"
+    index_path = out / f"bench_{w.name}_index.h5"
+    created.append(index_path)
     s = em.Session(w.model, w.data, index=index_path, labels=w.labels, collate=w.collate, batch_size=w.batch_size,
                    partitions=cfg.partitions, ratio=cfg.ratio, scheme=cfg.scheme, rebuild=True)
     with PeakRSS() as mem:
@@ -247,7 +293,7 @@ def bench_workload(w: W.Workload, cfg: Config, out: Path, bar: Progress, nq: int
     ra_first: dict[str, Outcome] = {}
     capture_family = reprocess_families[0]
     for v in w.views:
-        bar.stage(f"{w.name}/{v}: ReprocessAll (one full inference pass)")
+        bar.stage(f"{w.name}/{_short(v)}: ReprocessAll (one full inference pass)")
         m = int(np.prod(s.shape(v)))
         spec = QS.draw((s.n, m), None, v, capture_family, 1, cfg.seed)[0]
         t0 = time.perf_counter()
@@ -261,7 +307,8 @@ def bench_workload(w: W.Workload, cfg: Config, out: Path, bar: Progress, nq: int
     res["activation_bytes"] = {v: int(a.nbytes) for v, a in A.items()}
 
     bar.stage(f"{w.name}: materialise (PreprocessAll)")
-    pre = Preprocess(s, out / f"{w.name}_full.h5")
+    pre = Preprocess(s, out / f"bench_{w.name}_full.h5")
+    created += [pre.path, pre.path.with_name(pre.path.name + ".cold-copy")]
     write_s = pre.write(A)
     os.sync()
     ra_seconds = sum(o.seconds for o in ra_first.values())
@@ -282,8 +329,8 @@ def bench_workload(w: W.Workload, cfg: Config, out: Path, bar: Progress, nq: int
     res["queries"] = []
     for v in w.views:
         for fam in cfg.families:
-            bar.stage(f"{w.name}/{v}: {fam}")
-            for i, spec in enumerate(QS.draw(A[v].shape, A[v].__getitem__, v, fam, nq, cfg.seed)):
+            bar.stage(f"{w.name}/{_short(v)}: {fam}")
+            for i, spec in enumerate(QS.draw(A[v].shape, A[v].__getitem__, v, fam, counts[fam], cfg.seed)):
                 with_ra = ra if (i == 0 and fam in reprocess_families[1:]) else None
                 if with_ra is not None:
                     bar.note("ReprocessAll: one full inference pass")
@@ -300,7 +347,7 @@ def bench_workload(w: W.Workload, cfg: Config, out: Path, bar: Progress, nq: int
     res["drilldown"] = {}
     for v in w.views:
         if v in cfg.drilldown_views:
-            bar.stage(f"{w.name}/{v}: drill-down session")
+            bar.stage(f"{w.name}/{_short(v)}: drill-down session")
             res["drilldown"][v] = run_drilldown(QS.drilldown(A[v], v, cfg.seed), s, A[v])
             bar.step()
     bar.stage(f"{w.name}: done")
@@ -323,15 +370,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--cold-method", default="auto", choices=["auto", "fadvise", "drop_caches", "copy"],
                     help="how PreprocessAll's file is evicted before a cold query (auto: first that verifies)")
-    ap.add_argument("--queries", type=int, default=None, help="queries per view and family (override)")
+    ap.add_argument("--queries", type=int, default=None, help="queries per view and family, every workload (override)")
     ap.add_argument("--mnist-n", type=int, default=None, help="MNIST images (override)")
     ap.add_argument("--minilm-n", type=int, default=None, help="MiniLM sentences (override)")
     ap.add_argument("--keep-files", action="store_true", help="keep the index and materialised HDF5 files")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rebuild results.md, the figures (and the docs) from an existing results.json; no measurement")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch and FAISS intra-op threads (default 1: robust when other work shares the cores)")
     a = ap.parse_args(argv)
+
+    if a.report_only:
+        out = Path(a.out) if a.out else (HERE / "out" / "smoke" if a.smoke else HERE / "out")
+        results = json.loads((out / "results.json").read_text())
+        results["out_dir"] = str(out)
+        results["summary"] = report.summarize(results)
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+        figures = report.plots(results, out)
+        (out / "results.md").write_text(report.markdown(results, figures))
+        if not a.smoke and not a.no_docs:
+            report.update_docs(results, figures, ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "img")
+        print(f"rewrote {out / 'results.md'} and {len(figures)} figures from {out / 'results.json'}")
+        return 0
 
     cfg = Config.smoke() if a.smoke else Config.full()
     if a.queries is not None:
-        cfg.queries = cfg.minilm_queries = a.queries
+        cfg.queries = a.queries
+        cfg.minilm_queries = {k: a.queries for k in cfg.minilm_queries}
     if a.mnist_n is not None:
         cfg.mnist_n = a.mnist_n
     if a.minilm_n is not None:
@@ -340,6 +405,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg.minilm_n = 0
     if a.no_sweep:
         cfg.sweep = False
+    if a.threads is not None:
+        cfg.threads = a.threads
+    torch.set_num_threads(cfg.threads)
+    try:
+        import faiss
+        faiss.omp_set_num_threads(cfg.threads)
+    except ImportError:
+        pass
     out = Path(a.out) if a.out else (HERE / "out" / "smoke" if a.smoke else HERE / "out")
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(a.cache_dir)
@@ -349,33 +422,40 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results: dict = {"command": command.strip(), "config": asdict(cfg), "machine": machine_info(),
+                     "defaults": [DEFAULT_P, DEFAULT_RATIO, DEFAULT_SCHEME],
                      "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "workloads": {}}
     if a.skip_minilm:
         results["skipped"] = ["minilm (--skip-minilm)"]
     bar = Progress(planned_steps(cfg), enabled=not a.no_progress)
+    created: list[Path] = []   # files this run writes and removes (never anything else in --out)
     try:
         if cfg.mnist_n:
             bar.stage("mnist: loading the CNN and MNIST")
             w = W.mnist(cfg.mnist_n, cache_dir / "mnist_cnn.pt", cfg.mnist_views, cfg.batch_size)
-            results["workloads"]["mnist"] = bench_workload(w, cfg, out, bar, cfg.queries, cfg.reprocess_families,
-                                                           a.cold_method)
+            results["workloads"]["mnist"] = bench_workload(w, cfg, out, bar, created, a.cold_method)
             del w
         if cfg.minilm_n:
             bar.stage("minilm: loading all-MiniLM-L6-v2 and the sentences")
-            w = W.minilm(cfg.minilm_n, cfg.batch_size)
-            results["workloads"]["minilm"] = bench_workload(w, cfg, out, bar, cfg.minilm_queries,
-                                                            cfg.minilm_reprocess_families, a.cold_method)
+            w = W.minilm(cfg.minilm_n, cfg.minilm_batch_size)
+            results["workloads"]["minilm"] = bench_workload(w, cfg, out, bar, created, a.cold_method,
+                                                            cfg.minilm_bare_sample)
             del w
         if cfg.sweep:
             import sweep_latency
             bar.stage("sweep: P and ratio")
+            created.append(out / sweep_latency.INDEX_NAME)
             results["sweep"] = sweep_latency.run(cfg, cache_dir / "mnist_cnn.pt", out, bar)
     finally:
         bar.close()
         if not a.keep_files:
-            for p in out.glob("*.h5"):
+            for p in created:
                 p.unlink(missing_ok=True)
     results["out_dir"] = str(out)
+    results["stage_seconds"] = bar.stages
+    try:
+        results["load_average_at_end"] = os.getloadavg()
+    except OSError:
+        pass
     results["wall_seconds"] = time.perf_counter() - t_start
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     summary = report.summarize(results)

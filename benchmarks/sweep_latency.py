@@ -29,6 +29,7 @@ import workloads as W  # noqa: E402
 from systems import CapturingReprocessAll, reference, timed  # noqa: E402
 
 VIEW = "conv2_every8"
+INDEX_NAME = "bench_sweep_index.h5"
 FAMILIES = ("topk-g3-top", "topk-g10-rand", "knn-g3-top", "knn-g10-top")
 
 
@@ -47,7 +48,7 @@ def _session(w: W.Workload, path: Path, P: int, ratio: float, scheme: str, batch
 def run(cfg, weights: Path, out: Path, bar=None) -> dict:
     """Build and query once per setting of `cfg.sweep_settings`; returns rows and checks."""
     w = W.mnist(cfg.sweep_n, weights, ["conv2"], cfg.batch_size)
-    path = out / "sweep_index.h5"
+    path = out / INDEX_NAME
     rows = []
     A = None
     reprocess_s = None
@@ -102,13 +103,18 @@ def run(cfg, weights: Path, out: Path, bar=None) -> dict:
     result = {"view": VIEW, "view_note": "every 8th neuron of MNIST conv2 (784 neurons)", "n": w.n,
               "queries_per_family": cfg.sweep_queries, "families": list(FAMILIES),
               "reprocess_all_seconds": reprocess_s, "rows": rows}
-    earlier = HERE / "out" / "sweep.json"   # benchmarks/sweep.py's size / recompute grid, when it was run
-    if earlier.exists():
-        try:
-            result["sweep_py"] = {"path": str(earlier.relative_to(HERE.parent)), "mtime": time.strftime(
-                "%Y-%m-%dT%H:%M:%S", time.localtime(earlier.stat().st_mtime)), "rows": json.loads(earlier.read_text())}
-        except (ValueError, OSError):
-            pass
+    # benchmarks/sweep.py's size / recompute grid (no latency), when it was run: its JSON,
+    # or the JSON lines of a partial run
+    for earlier in (HERE / "out" / "sweep.json", HERE / "out" / "sweep_partial.log"):
+        if earlier.exists():
+            try:
+                text = earlier.read_text()
+                rows = json.loads(text) if earlier.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
+                result["sweep_py"] = {"path": str(earlier.relative_to(HERE.parent)), "mtime": time.strftime(
+                    "%Y-%m-%dT%H:%M:%S", time.localtime(earlier.stat().st_mtime)), "rows": rows}
+                break
+            except (ValueError, OSError):
+                continue
     return result
 
 

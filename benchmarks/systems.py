@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,6 @@ from everest_magic.engine.baselines import PreprocessAll, ReprocessAll, _Baselin
 from everest_magic.engine.result import QueryStats
 from everest_magic.engine.store import FLOAT_FILTERS, HDF5_LOCK
 
-from coldcache import ColdFile
 
 K = 20
 

@@ -56,7 +56,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
       NotebookActions.insertBelow(notebook.content);
       const cell = notebook.content.activeCell;
       if (cell) {
-        cell.model.sharedModel.setSource(text);
+        // the kernel's history keeps the cell body's trailing newline: drop it
+        cell.model.sharedModel.setSource(text.replace(/\s+$/, ''));
       }
       app.shell.activateById(notebook.id);
     };

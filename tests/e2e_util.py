@@ -34,12 +34,14 @@ CHROMIUM_ARGS = [
 ]
 
 
-def require_browser_stack() -> None:
-    """Fail (never skip) with a clear message when chromium or the Python packages are missing."""
+def require_browser_stack(browser: bool = True) -> None:
+    """Fail (never skip) with a clear message when chromium or the Python packages are missing
+    (`browser=False`: only JupyterLab is needed)."""
     missing = []
-    if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
+    if browser and not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
         missing.append(f"chromium is not at {CHROMIUM}")
-    for mod, pkg in (("playwright", "playwright"), ("jupyterlab", "jupyterlab==4.*")):
+    needed = (("playwright", "playwright"),) if browser else ()
+    for mod, pkg in needed + (("jupyterlab", "jupyterlab==4.*"),):
         try:
             __import__(mod)
         except ImportError:

@@ -61,14 +61,19 @@ def token_batch(session: Any, ids: np.ndarray, tokenizer: Any, length: int) -> l
     the model reads (right padding), else the alignment is refused.
     """
     texts = [session.data.item(int(i)) for i in ids]
-    bad = [i for i, t in zip(ids, texts) if not isinstance(t, str)]
+    bad = [(int(i), t) for i, t in zip(ids, texts) if not isinstance(t, str)]
     if bad:
-        raise QueryError(f"token hypotheses need text inputs; input {int(bad[0])} is a {type(texts[0]).__name__}")
-    batch = session.data.batch(ids)
+        raise QueryError(f"token hypotheses need text inputs; input {bad[0][0]} is a {type(bad[0][1]).__name__}")
+
+    def tokenize():   # under the model lock: a fast tokenizer must not run on two threads at once
+        batch = session.data.batch(ids)
+        enc = tokenizer(list(texts), return_offsets_mapping=True, truncation=True, max_length=length,
+                        return_special_tokens_mask=True)
+        return batch, enc
+
+    batch, enc = session._locked(tokenize)
     model_ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
     attention = batch.get("attention_mask") if isinstance(batch, Mapping) else None
-    enc = tokenizer(list(texts), return_offsets_mapping=True, truncation=True, max_length=length,
-                    return_special_tokens_mask=True)
     out = []
     for j, text in enumerate(texts):
         tid = np.asarray(enc["input_ids"][j], np.int64)

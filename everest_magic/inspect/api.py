@@ -11,9 +11,14 @@ from ..engine.jobs import Job
 from .plan import Options, build_plan
 from .scorer import run_plan
 
-
-
 PLAN_ARGS = ("units", "tokenizer", "filter")
+
+
+def _check_names(options: dict) -> None:
+    valid = [f.name for f in fields(Options) if f.name != "growth"] + list(PLAN_ARGS)
+    for k in options:
+        if k not in valid:
+            raise UnknownNameError("inspect option", k, valid)
 
 
 def run_inspect(session: Any, views: str | Sequence[str], hypotheses: Any, measures: Any = "auto", *,
@@ -57,11 +62,8 @@ def inspect_job(session: Any, views: str | Sequence[str], hypotheses: Any, measu
     The request is checked before the job starts (bad input raises here); the job reports
     progress in inputs scored of inputs planned and stops at its next batch when cancelled.
     """
+    _check_names(options)
     plan_args = {k: options.pop(k) for k in PLAN_ARGS if k in options}
-    valid = [f.name for f in fields(Options)]
-    for k in options:
-        if k not in valid:
-            raise UnknownNameError("inspect option", k, valid + list(PLAN_ARGS))
     plan = build_plan(session, views, hypotheses, measures, options=Options(**options), **plan_args)
     return session.submit(lambda job: run_plan(plan, job), plan.description)
 
@@ -72,6 +74,7 @@ def inspect(session: Any, views: str | Sequence[str], hypotheses: Any, measures:
 
     See `run_inspect` for the arguments.
     """
+    _check_names(options)
     if wait:
         return run_inspect(session, views, hypotheses, measures, **options)
     return inspect_job(session, views, hypotheses, measures, **options)

@@ -74,7 +74,8 @@ class Block:
         if self.stats is not None and self.stats.n:
             r, lo, hi = self.stats.scores(confidence)
             for k, (name, code) in enumerate(self.columns):
-                out[(name, "pearson", code)] = Scores(name, self._label(name, code), "pearson", r[:, k], lo[:, k], hi[:, k])
+                out[(name, "pearson", code)] = Scores(name, self._label(name, code), "pearson",
+                                                      r[:, k], lo[:, k], hi[:, k])
         return out
 
     def _label(self, name: str, code: int | None) -> Any:
@@ -164,7 +165,8 @@ class SymbolBlock(Block):
             if mi_h:
                 bins = M.bins_from_below(below, opts.bins)
                 for h in mi_h:
-                    mi[h.name][blk] = np.stack(M.mutual_information(bins, codes[h.name], opts.bins, opts.confidence), -1)
+                    res = M.mutual_information(bins, codes[h.name], opts.bins, opts.confidence)
+                    mi[h.name][blk] = np.stack(res, -1)
         out = {}
         for k, (name, code, _) in enumerate(cols):
             out[(name, "auroc", code)] = Scores(name, self._label(name, code), "auroc", *auc[:, k].T)
@@ -198,9 +200,6 @@ class SymbolBlock(Block):
                 found[(h.name, measure, None)] = Scores(h.name, None, measure, np.array([s]), np.array([lo]),
                                                         np.array([hi]), group=True)
         return self.ordered(found)
-
-    def inputs_stored(self) -> int:
-        return sum(len(np.unique(g)) for g in self._groups)
 
 
 class InputBlock(SymbolBlock):
@@ -280,6 +279,3 @@ class PositionBlock(Block):
 
     def probes(self, opts: Any) -> list[Scores]:
         return []
-
-    def inputs_stored(self) -> int:
-        return sum(len(m) for m in self._maps)

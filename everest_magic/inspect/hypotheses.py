@@ -121,7 +121,8 @@ class Labels(Hypothesis):
 
     def bind(self, session: Any) -> "Labels":
         if len(self.array) != session.n:
-            raise QueryError(f"hypothesis {self.name!r} has {len(self.array)} values; the session has {session.n} inputs")
+            raise QueryError(f"hypothesis {self.name!r} has {len(self.array)} values; "
+                             f"the session has {session.n} inputs")
         if self.kind is None:
             self.kind = infer_kind(self.array)
         return self
@@ -179,7 +180,8 @@ class Masks(Hypothesis):
 
     def bind(self, session: Any) -> "Masks":
         if len(self.array) != session.n:
-            raise QueryError(f"hypothesis {self.name!r} has {len(self.array)} masks; the session has {session.n} inputs")
+            raise QueryError(f"hypothesis {self.name!r} has {len(self.array)} masks; "
+                             f"the session has {session.n} inputs")
         _mask(self.name, self.array[0], 0)
         return self
 

@@ -18,7 +18,8 @@ Text (raw inputs are strings; token hypotheses flag the tokens the model reads):
 - `contains(pattern)`: per input, whether the text matches (binary).
 
 `builtin(name)` resolves names such as ``"ink"``, ``"class"``, ``"quotes"`` or
-``"keyword:return,yield"`` (the form the ``%%everest inspect`` magic uses).
+``"keyword:return|yield"`` (the form the ``%%everest inspect`` magic uses; ``,`` also separates
+keywords when the name is given from Python).
 """
 from __future__ import annotations
 
@@ -231,7 +232,8 @@ def contains(pattern: str, flags: int = re.IGNORECASE, name: str | None = None) 
 
     def contains(x):
         return rx.search(str(x)) is not None
-    return InputFunction(contains, name or f"contains_{pattern}", "binary", key=f"library.contains({pattern!r}, {flags})")
+    return InputFunction(contains, name or f"contains_{pattern}", "binary",
+                         key=f"library.contains({pattern!r}, {flags})")
 
 
 # -- names ------------------------------------------------------------------------------------------------
@@ -246,7 +248,7 @@ BUILTINS: dict[str, Callable[[], Hypothesis]] = {
     "relative_position": lambda: position(True),
 }
 WITH_ARGUMENT: dict[str, Callable[[str], Hypothesis]] = {
-    "keyword": lambda arg: keyword(*[w.strip() for w in arg.split(",") if w.strip()]),
+    "keyword": lambda arg: keyword(*[w.strip() for w in re.split(r"[,|]", arg) if w.strip()]),
     "regex": lambda arg: regex(arg, name=f"regex_{arg}"),
     "contains": lambda arg: contains(arg),
 }

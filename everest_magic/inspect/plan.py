@@ -5,8 +5,9 @@ background work starts; errors are `QueryError`s (unknown names suggest the clos
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -15,8 +16,7 @@ from ..engine.views import View
 from . import library
 from .activations import token_batch
 from .blocks import Block, InputBlock, PositionBlock, TokenBlock
-from .hypotheses import (AnyFunction, Encoder, Hypothesis, InputFunction, Labels, Masks, TokenFunction,
-                         infer_kind)
+from .hypotheses import AnyFunction, Encoder, Hypothesis, Labels, Masks, infer_kind
 from .measures import MEASURES
 
 ALIASES = {"correlation": "pearson", "corr": "pearson", "r": "pearson", "auc": "auroc", "roc": "auroc",
@@ -57,7 +57,7 @@ class Options:
     holdout: float = 0.2
     seed: int = 0
     chunk: int | None = None
-    growth: float = 1.25
+    growth: float = 1.5
 
     def check(self) -> "Options":
         if not self.epsilon > 0:
@@ -78,6 +78,8 @@ class Options:
             raise QueryError(f"q (the IoU top quantile) must lie in (0, 0.5), got {self.q!r}")
         if not 0 < self.holdout < 1:
             raise QueryError(f"holdout must lie in (0, 1), got {self.holdout!r}")
+        if not self.growth > 1:
+            raise QueryError(f"growth must be > 1, got {self.growth!r}")
         if self.chunk is not None and self.chunk < 1:
             raise QueryError(f"chunk must be >= 1, got {self.chunk!r}")
         return self
@@ -100,16 +102,13 @@ class Plan:
     skipped: list[str] = field(default_factory=list)
     description: str = ""
 
-    def level_hyps(self, level: str) -> list[Hypothesis]:
-        return [h for h in self.hyps if h.level == level and any(h in b.hyps for b in self.blocks)]
-
 
 # -- hypotheses -------------------------------------------------------------------------------------------
 
 def as_hypothesis(spec: Any, name: str | None = None) -> Hypothesis:
     """A Hypothesis from a name, Hypothesis, callable, label array/Series or mask array (n, H, W)."""
     if isinstance(spec, Hypothesis):
-        h = spec
+        h = copy.copy(spec)   # the run names it and settles its kind without touching the caller's object
     elif isinstance(spec, str):
         h = library.builtin(spec)
     elif callable(spec) and not hasattr(spec, "shape"):
@@ -171,42 +170,22 @@ def build_plan(session: Any, views: Any, hypotheses: Any, measures: Any = "auto"
                tokenizer: Any = None, filter: Any = None, options: Options | None = None) -> Plan:
     """Check a request and plan its run (raises QueryError on bad input)."""
     opts = (options or Options()).check()
-    names = [views] if isinstance(views, (str, View)) else list(views or [])
-    if not names:
-        raise QueryError("no views to inspect; name one or more layers, e.g. 'conv2:mean'")
-    vs = []
-    for v in names:
-        if not isinstance(v, (str, View)):
-            raise QueryError(f"a view is a layer name such as 'conv2' or 'fc1', got {v!r}")
-        vs.append(session.view(v))
+    vs = _views(session, views)
     wanted = resolve_measures(measures)
     hyps = [h.bind(session) for h in resolve_hypotheses(hypotheses)]
-    allowed = session._allowed(filter)
-    candidates = np.flatnonzero(allowed)
+    candidates = np.flatnonzero(session._allowed(filter))
     if len(candidates) < 2:
         raise QueryError(f"inspection needs at least 2 inputs; the filter leaves {len(candidates)}")
-    order = np.random.default_rng(opts.seed).permutation(candidates)
-    if opts.max_inputs is not None:
-        order = order[: opts.max_inputs]
+    order = np.random.default_rng(opts.seed).permutation(candidates)[: opts.max_inputs]
     sample = order[:KIND_SAMPLE]
-
     hyps = [h.settle(session, int(order[0])) if isinstance(h, AnyFunction) else h for h in hyps]
+
     levels = {h.level for h in hyps}
     raw = {v.layer: session.view(v.layer) for v in vs} if levels - {"input"} else {}
     shape_views = list({v.name: v for v in vs + list(raw.values())}.values())
     shapes = dict(zip([v.name for v in shape_views], session._locked(session.runner.view_shapes, shape_views)))
-
-    token_length = None
-    if "token" in levels:
-        token_views = [raw[v.layer] for v in vs if len(shapes[raw[v.layer].name]) == 2]
-        if token_views and tokenizer is None:
-            bad = [h.name for h in hyps if h.level == "token"]
-            raise QueryError(f"token hypotheses ({', '.join(map(repr, bad))}) need tokenizer=, the tokenizer whose "
-                             "tokens the model reads")
-        if token_views:
-            token_length = shapes[token_views[0].name][0]
+    token_length = _token_length(hyps, vs, raw, shapes, tokenizer)
     tokens = token_batch(session, sample, tokenizer, token_length) if token_length else None
-
     encoders = {}
     for h in hyps:
         if h.kind is None:
@@ -215,61 +194,87 @@ def build_plan(session: Any, views: Any, hypotheses: Any, measures: Any = "auto"
             raise QueryError(f"concept mask {h.name!r} must be boolean or numeric, not categorical")
         encoders[h.name] = Encoder(h)
 
-    skipped: list[str] = []
-    blocks: list[Block] = []
-    used_measures: set[str] = set()
+    blocks, skipped = [], []
     for v in vs:
         for level in ("input", "position", "token"):
-            level_hyps = [h for h in hyps if h.level == level]
-            if not level_hyps:
-                continue
-            src = v if level == "input" else raw[v.layer]
-            shape = shapes[src.name]
-            why = _level_problem(level, v, shape)
-            if why:
-                skipped += [f"{h.name} x {v.name}: {why}" for h in level_hyps]
-                continue
-            name = _reported_name(v, level)
-            n_units = int(np.prod(shape)) if level == "input" else shape[0] if level == "position" else shape[1]
-            unit_ids = _units(units, v.name, name, n_units)
-            chosen = {}
-            for h in level_hyps:
-                ms = AUTO[(level, h.kind)] if wanted is None else wanted
-                ok = tuple(m for m in ms if applicable(m, level, h.kind) is None)
-                skipped += [f"{m} x {h.name}: {applicable(m, level, h.kind)}" for m in ms if m not in ok]
-                if ok:
-                    chosen[h.name] = ok
-                    used_measures.update(ok)
-            block_hyps = [h for h in level_hyps if h.name in chosen]
-            if not block_hyps:
-                continue
-            args = (name, src, shape, unit_ids)
-            if level == "position":
-                grids: dict[tuple, list] = {}
-                for h in block_hyps:
-                    grids.setdefault(_grid(h, session, sample), []).append(h)
-                for grid, hs in grids.items():
-                    blocks.append(PositionBlock(*args, hs, {h.name: chosen[h.name] for h in hs}, encoders, grid=grid))
-            else:
-                cls = InputBlock if level == "input" else TokenBlock
-                blocks.append(cls(*args, block_hyps, {h.name: chosen[h.name] for h in block_hyps}, encoders))
-
-    if wanted is not None:
-        unused = [m for m in wanted if m not in used_measures]
-        if unused:
-            reasons = sorted({s.split(": ", 1)[1] for s in skipped if s.split(" x ")[0] in unused})
-            raise QueryError(f"measure {', '.join(map(repr, unused))} applies to none of the hypotheses"
-                             + (f" ({'; '.join(reasons)})" if reasons else ""))
-    if not blocks:
-        raise QueryError("nothing to score: " + "; ".join(dict.fromkeys(skipped)))
-    unscored = [h.name for h in hyps if not any(h in b.hyps for b in blocks)]
-    if unscored:
-        raise QueryError(f"hypothesis {', '.join(map(repr, unscored))} applies to none of the views: "
-                         + "; ".join(s for s in dict.fromkeys(skipped) if s.split(" x ")[0] in unscored))
+            src = v if level == "input" else raw.get(v.layer)
+            blocks += _blocks(session, v, src, level, [h for h in hyps if h.level == level],
+                              shapes.get(src.name) if src else None, wanted, units, encoders, sample, skipped)
+    _check_coverage(hyps, wanted, blocks, skipped)
     fetch = list({b.source.name: b.source for b in blocks}.values())
     desc = f"inspect {' '.join(v.name for v in vs)} ~ {', '.join(h.name for h in hyps)}"
+    notes = list(dict.fromkeys(f"{what} x {on}: {why}" for what, on, why in skipped))
     return Plan(session, blocks, hyps, encoders, order, len(candidates), fetch, opts, tokenizer, token_length,
-                list(dict.fromkeys(skipped)), desc)
+                notes, desc)
+
+
+def _views(session: Any, views: Any) -> list[View]:
+    names = [views] if isinstance(views, (str, View)) else list(views or [])
+    if not names:
+        raise QueryError("no views to inspect; name one or more layers, e.g. 'conv2:mean'")
+    bad = [v for v in names if not isinstance(v, (str, View))]
+    if bad:
+        raise QueryError(f"a view is a layer name such as 'conv2' or 'fc1', got {bad[0]!r}")
+    return [session.view(v) for v in names]
+
+
+def _token_length(hyps: list[Hypothesis], vs: list[View], raw: dict, shapes: dict, tokenizer: Any) -> int | None:
+    """Length of the model's token axis when a token hypothesis meets a (tokens, features) layer."""
+    token_hyps = [h.name for h in hyps if h.level == "token"]
+    token_views = [raw[v.layer] for v in vs if token_hyps and len(shapes[raw[v.layer].name]) == 2]
+    if not token_views:
+        return None
+    if tokenizer is None:
+        raise QueryError(f"token hypotheses ({', '.join(map(repr, token_hyps))}) need tokenizer=, the tokenizer "
+                         "whose tokens the model reads")
+    return shapes[token_views[0].name][0]
+
+
+def _blocks(session: Any, v: View, src: View | None, level: str, hyps: list[Hypothesis], shape: tuple | None,
+            wanted: tuple | None, units: Any, encoders: dict, sample: np.ndarray, skipped: list) -> list[Block]:
+    """The blocks of one view at one level (none when nothing applies; reasons go to `skipped`)."""
+    if not hyps:
+        return []
+    why = _level_problem(level, v, shape)
+    if why:
+        skipped += [(h.name, v.name, why) for h in hyps]
+        return []
+    chosen = {}
+    for h in hyps:
+        ms = AUTO[(level, h.kind)] if wanted is None else wanted
+        skipped += [(m, h.name, applicable(m, level, h.kind)) for m in ms if applicable(m, level, h.kind)]
+        ok = tuple(m for m in ms if applicable(m, level, h.kind) is None)
+        if ok:
+            chosen[h.name] = ok
+    hyps = [h for h in hyps if h.name in chosen]
+    if not hyps:
+        return []
+    name = _reported_name(v, level)
+    n_units = int(np.prod(shape)) if level == "input" else shape[0] if level == "position" else shape[1]
+    args = (name, src, shape, _units(units, v.name, name, n_units))
+    if level != "position":
+        cls = InputBlock if level == "input" else TokenBlock
+        return [cls(*args, hyps, {h.name: chosen[h.name] for h in hyps}, encoders)]
+    grids: dict[tuple, list] = {}
+    for h in hyps:
+        grids.setdefault(_grid(h, session, sample), []).append(h)
+    return [PositionBlock(*args, hs, {h.name: chosen[h.name] for h in hs}, encoders, grid=grid)
+            for grid, hs in grids.items()]
+
+
+def _check_coverage(hyps: list[Hypothesis], wanted: tuple | None, blocks: list[Block], skipped: list) -> None:
+    """Every requested measure and every hypothesis must be scored somewhere."""
+    used = {m for b in blocks for ms in b.measures.values() for m in ms}
+    unused = [m for m in (wanted or ()) if m not in used]
+    if unused:
+        reasons = sorted({why for what, _, why in skipped if what in unused})
+        raise QueryError(f"measure {', '.join(map(repr, unused))} applies to none of the hypotheses"
+                         + (f" ({'; '.join(reasons)})" if reasons else ""))
+    unscored = [h.name for h in hyps if not any(h in b.hyps for b in blocks)]
+    if unscored:
+        reasons = dict.fromkeys(f"{what} x {on}: {why}" for what, on, why in skipped if what in unscored)
+        raise QueryError(f"hypothesis {', '.join(map(repr, unscored))} applies to none of the views: "
+                         + "; ".join(reasons))
 
 
 def _infer(h: Hypothesis, session: Any, sample: np.ndarray, tokens: Any) -> str:
@@ -286,7 +291,7 @@ def _grid(h: Hypothesis, session: Any, sample: np.ndarray) -> tuple[int, int]:
     return tuple(np.shape(h.values(session, sample[:1])[0]))
 
 
-def _level_problem(level: str, v: View, shape: tuple) -> str | None:
+def _level_problem(level: str, v: View, shape: tuple | None) -> str | None:
     if level == "position" and len(shape) != 3:
         return f"concept masks need a conv layer with (channels, height, width) output; {v.layer!r} has shape {shape}"
     if level == "token" and len(shape) != 2:

@@ -38,6 +38,9 @@ class InspectStats:
     skipped: list[str] = field(default_factory=list)   # (measure|hypothesis) x ... pairs not scored, and why
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # the inputs scored, in order
     options: Any = None
+    seconds_model: float = 0.0        # time in forward passes (and cache look-ups)
+    seconds_hypotheses: float = 0.0   # time computing hypotheses (and tokenizing)
+    seconds_scoring: float = 0.0      # time updating statistics, at checkpoints and fitting probes
 
     def __repr__(self) -> str:
         return (f"<InspectStats {self.inputs_seen}/{self.inputs_planned} inputs ({self.stop_reason}), "

@@ -3,7 +3,9 @@
 One pass over the planned inputs (a seeded shuffle, capped at `max_inputs`), in chunks of
 whole model batches. Per chunk: the activations of every view the blocks need (one forward
 pass, cached rows reused), the hypotheses' values (cached per session), one update per block.
-At checkpoints (from `min_inputs` on, then every `growth` x more inputs) all scores and
+At checkpoints (from `min_inputs` on, then every `growth` x more inputs, or sooner where the
+widest interval should shrink below epsilon as widths go like 1/sqrt(n); without the stability
+rule, right there) all scores and
 their confidence intervals are computed; the pass stops early when
 
 - every finite interval is narrower than `epsilon` (stop_reason "epsilon"), or
@@ -19,7 +21,9 @@ import time
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from ..engine.errors import QueryError
 from ..engine.jobs import Job
 from .activations import fetch_many, token_batch
 from .blocks import Scores
@@ -28,7 +32,7 @@ from .plan import Plan
 from .results import InspectStats, make_frame
 
 
-def run_plan(plan: Plan, job: Job | None = None):
+def run_plan(plan: Plan, job: Job | None = None) -> pd.DataFrame:
     """Run a plan; returns the long DataFrame of scores (see `results.make_frame`)."""
     t0 = time.perf_counter()
     s, opts = plan.session, plan.options
@@ -36,6 +40,7 @@ def run_plan(plan: Plan, job: Job | None = None):
     batch = s.runner.batch_size
     chunk = opts.chunk or batch * max(1, round(256 / batch))
     seen = from_cache = checkpoints = stable = 0
+    clock = {"model": 0.0, "hypotheses": 0.0, "scoring": 0.0}
     next_check = opts.min_inputs
     tops = None
     reason = None
@@ -45,10 +50,13 @@ def run_plan(plan: Plan, job: Job | None = None):
         if job is not None:
             job.step(seen, total)
         ids = plan.order[start:start + chunk]
+        t = time.perf_counter()
         acts, hits = fetch_many(s, plan.fetch, ids)
         from_cache += hits
+        t = _tick(clock, "model", t)
         tokens = token_batch(s, ids, plan.tokenizer, plan.token_length) if "token" in levels else None
         coded = _coded(plan, ids, tokens)
+        t = _tick(clock, "hypotheses", t)
         for b in plan.blocks:
             b.update(ids, acts, coded, tokens)
         seen += len(ids)
@@ -63,21 +71,32 @@ def run_plan(plan: Plan, job: Job | None = None):
                 reason = "epsilon"
             elif opts.patience is not None and stable >= opts.patience:
                 reason = "stable"
-            if reason:
-                break
-            next_check = max(seen + 1, int(np.ceil(seen * opts.growth)))
+            next_check = _next_check(scores, seen, total, opts)
+        _tick(clock, "scoring", t)
+        if reason:
+            break
     if reason is None:
         reason = "complete" if seen >= plan.available else "max_inputs"
+    t = time.perf_counter()
     if scores is None:
         scores = [b.scores(opts) for b in plan.blocks]
     probes = [b.probes(opts) for b in plan.blocks]
+    _tick(clock, "scoring", t)
     if job is not None:
         job.step(seen, seen)
     stats = InspectStats(seconds=time.perf_counter() - t0, inputs_seen=seen, inputs_planned=total,
                          inputs_available=plan.available, inputs_from_cache=from_cache,
                          inputs_recomputed=seen - from_cache, checkpoints=checkpoints, stop_reason=reason,
-                         skipped=list(plan.skipped), ids=plan.order[:seen].copy(), options=opts)
+                         skipped=list(plan.skipped), ids=plan.order[:seen].copy(), options=opts,
+                         seconds_model=clock["model"], seconds_hypotheses=clock["hypotheses"],
+                         seconds_scoring=clock["scoring"])
     return make_frame(plan.blocks, scores, probes, stats)
+
+
+def _tick(clock: dict, key: str, since: float) -> float:
+    now = time.perf_counter()
+    clock[key] += now - since
+    return now
 
 
 def _coded(plan: Plan, ids: np.ndarray, tokens: Any) -> dict[str, np.ndarray]:
@@ -95,7 +114,6 @@ def _coded(plan: Plan, ids: np.ndarray, tokens: Any) -> dict[str, np.ndarray]:
         elif h.level == "position":
             shapes = {np.shape(v) for v in vals}
             if len(shapes) > 1:
-                from ..engine.errors import QueryError
                 raise QueryError(f"concept masks of {h.name!r} must all have the same shape; got {sorted(shapes)}")
             out[h.name] = plan.encoders[h.name].encode(np.stack(vals), where)
         else:
@@ -116,6 +134,28 @@ def _all_narrow(scores: list[list[Scores]], epsilon: float) -> bool:
                 if (w[fin] > epsilon).any():
                     return False
     return any_finite
+
+
+def _next_check(scores: list[list[Scores]], seen: int, total: int, opts: Any) -> int:
+    """The next checkpoint: `growth` x more inputs, or where the widest interval should fall below
+    epsilon if that comes first; without the stability rule, never before that point."""
+    grown = max(seen + 1, int(np.ceil(seen * opts.growth)))
+    predicted = max(seen + 1, _predicted(scores, seen, opts.epsilon))
+    if opts.patience is None:
+        return max(grown, min(predicted, total))
+    return min(grown, predicted)
+
+
+def _predicted(scores: list[list[Scores]], n: int, epsilon: float) -> int:
+    """The sample size at which every interval should be narrower than epsilon (widths ~ 1/sqrt(n))."""
+    worst = 0.0
+    for block in scores:
+        for sc in block:
+            w = sc.high - sc.low
+            w = w[np.isfinite(w)]
+            if len(w):
+                worst = max(worst, float(w.max()))
+    return int(np.ceil(n * (worst / epsilon) ** 2))
 
 
 def _tops(plan: Plan, scores: list[list[Scores]], top: int) -> dict:

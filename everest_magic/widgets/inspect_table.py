@@ -16,7 +16,6 @@ import html
 from typing import Any, Callable
 
 import ipywidgets as widgets
-import numpy as np
 import pandas as pd
 
 from ..inspect.blocks import GROUP
@@ -83,7 +82,7 @@ class InspectTable(widgets.VBox):
         f = self.frame[self.frame.hypothesis == hypothesis]
         keys = []
         for layer, measure, label in zip(f.layer, f.measure, f.label):
-            key = (layer, measure, None if label is None or (isinstance(label, float) and np.isnan(label)) else label)
+            key = (layer, measure, None if pd.isna(label) else label)
             if key not in keys:
                 keys.append(key)
         return keys
@@ -108,7 +107,7 @@ class InspectTable(widgets.VBox):
             button = widgets.Button(description=unit, tooltip=f"top-{self.k} inputs of {r.layer} unit {unit}",
                                     layout=widgets.Layout(width="auto", height="24px"))
             button.on_click(lambda _b, i=int(idx): self.select(i))
-            values = [str(rank), r.layer, None, "" if r.label is None else str(r.label), r.measure,
+            values = [str(rank), r.layer, None, "" if pd.isna(r.label) else str(r.label), r.measure,
                       f"{r.score:.4f}", f"[{r.ci_low:.3f}, {r.ci_high:.3f}]", str(int(r.n_inputs)),
                       "yes" if r.converged else "no"]
             cells += [button if v is None else widgets.HTML(f"<span style='{_CELL}'>{html.escape(v)}</span>")
