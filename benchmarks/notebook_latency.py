@@ -89,7 +89,7 @@ def main() -> None:
         rows = []
         for name, code in CELLS.items():
             for rep in range(a.repeats):
-                k.run("from everest_magic.magics import kernel_state as _ks; [s.cache.clear() for s in _ks().sessions.values()]")
+                k.run("from everest_magic.magics import kernel_state as _ks; [s.clear_caches() for s in _ks().sessions.values()]")
                 m = measure(k, code)
                 rows.append({"query": name, "repeat": rep, **m})
                 print(f"{name:34s} cell free {m['cell_free_ms']:7.1f} ms   result shown {m['result_shown_ms']:7.1f} ms", flush=True)

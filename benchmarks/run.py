@@ -224,7 +224,7 @@ def run_query(spec: QS.QuerySpec, s, A: np.ndarray, pre: Preprocess, cold: ColdF
               fa: FaissFlat | None, ra: CapturingReprocessAll | None = None) -> dict:
     ref_keys, ref_ids = reference(spec, A)
     out = {}
-    s.cache.clear()   # independent queries: nothing carried over
+    s.clear_caches()   # independent queries: nothing carried over
     out["engine"] = timed("engine", lambda: spec.run(s), ref_ids)
     pre.path = cold.prepare()
     out["preprocess_cold"] = timed("preprocess_cold", lambda: spec.run(pre), ref_ids)
@@ -244,14 +244,14 @@ def run_drilldown(specs: list[QS.QuerySpec], s, A: np.ndarray) -> dict:
     refs = [reference(q, A)[1] for q in specs]
     res = {"queries": [q.describe() for q in specs]}
     for mode in ("session", "independent"):
-        s.cache.clear()
+        s.clear_caches()
         steps = []
         for q, ref in zip(specs, refs):
             if mode == "independent":
-                s.cache.clear()
+                s.clear_caches()
             steps.append(timed("engine", lambda: q.run(s), ref).as_dict())
         res[mode] = steps
-    s.cache.clear()
+    s.clear_caches()
     return res
 
 

@@ -62,11 +62,11 @@ def main() -> None:
                     r = s.knn(tid, v, grp, k=20)
                     allowed = np.ones(s.n, bool)
                     allowed[tid] = False
-                    key_of, _ = Q.knn_keys(A[tid, grp], "l2")
+                    key_of = Q.knn_key(A[tid, grp], "l2")
                     assert r.ids.tolist() == rank(A[:, grp], key_of, 20, allowed)[1].tolist()
                     rec[f"knn{g}"].append(r.stats.inputs_recomputed - 1)   # minus the target itself
                     r = s.topk(v, grp, k=20)
-                    key_of, _ = Q.topk_keys(Q.make_aggregation("sum", g), False)
+                    key_of = Q.topk_key(Q.make_aggregation("sum", g), False)
                     assert r.ids.tolist() == rank(A[:, grp], key_of, 20, np.ones(s.n, bool))[1].tolist()
                     rec[f"topk{g}"].append(r.stats.inputs_recomputed)
             row = {"P": P, "ratio": ratio, "scheme": scheme, "view": v, "n": s.n, "neurons": info.m,

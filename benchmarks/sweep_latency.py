@@ -76,7 +76,7 @@ def run(cfg, weights: Path, out: Path, bar=None) -> dict:
         lat_all = []
         for q in specs:
             ref = reference(q, A)[1]
-            s.cache.clear()
+            s.clear_caches()
             o = timed("engine", lambda: q.run(s), ref)
             if not o.match:
                 mismatches.append(f"sweep P={P} ratio={ratio} {scheme} {q.family} group={q.group.tolist()} target={q.target}")

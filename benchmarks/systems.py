@@ -62,8 +62,8 @@ class QuerySpec:
 
 def key_functions(spec: QuerySpec, target_row: np.ndarray | None):
     if spec.kind == "knn":
-        return Q.knn_keys(target_row, "l2")[0]
-    return Q.topk_keys(Q.make_aggregation("sum", len(spec.group)), spec.kind == "bottomk")[0]
+        return Q.knn_key(target_row, "l2")
+    return Q.topk_key(Q.make_aggregation("sum", len(spec.group)), spec.kind == "bottomk")
 
 
 def reference(spec: QuerySpec, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -36,13 +36,13 @@ def indexed(request, digits_cnn, tmp_path_factory):
 
 def brute_topk(A, group, k, by, lowest, allowed):
     agg = Q.make_aggregation(by, len(group))
-    key_of, _ = Q.topk_keys(agg, lowest)
+    key_of = Q.topk_key(agg, lowest)
     keys, ids = rank(A[:, group], key_of, k, allowed)
     return ids, (-keys if lowest else keys)
 
 
 def brute_knn(A, group, k, t, metric, allowed):
-    key_of, _ = Q.knn_keys(t, metric)
+    key_of = Q.knn_key(t, metric)
     keys, ids = rank(A[:, group], key_of, k, allowed)
     return ids, Q.knn_distance(keys, metric)
 

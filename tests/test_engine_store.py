@@ -15,7 +15,6 @@ import torch
 
 import everest_magic as em
 from everest_magic.engine.baselines import ReprocessAll
-from everest_magic.engine.partition import partition_of
 
 
 def _queries(s):
@@ -143,35 +142,74 @@ def test_spilled_build_equals_in_memory_build(digits_cnn, tmp_path):
 
 
 def test_index_layout_partitions_and_lists(digits_cnn, tmp_path):
-    """Partitions are retrievable as slices, hold the right inputs, and have exact bounds."""
+    """Partition ids of every input, partitions ordered by value with exact bounds, exact lists."""
     model, x, _ = digits_cnn
-    s = em.Session(model, x, index=tmp_path / "i.h5", partitions=16, ratio=0.01)
+    s = em.Session(model, x, index=tmp_path / "i.h5", partitions=16, ratio=0.05)
     s.build_index(["conv2"], wait=True)
     A = ReprocessAll(s).all_activations("conv2")
     counts, bounds = s.store.summary("conv2")
     info = s.store.view("conv2")
-    assert info.t == int(np.ceil(0.01 * s.n))
+    assert info.t == int(np.ceil(0.05 * s.n))
     for neuron in [0, 17, 100, 255]:
-        members = s.store.members("conv2", neuron)
-        assert sorted(members.tolist()) == list(range(s.n))
-        p = partition_of(members, counts[neuron])
+        pids = s.store.pids("conv2", neuron)
+        assert pids.dtype == np.uint8 and pids.shape == (s.n,)
+        assert np.bincount(pids, minlength=16).tolist() == counts[neuron].tolist()
         for j in range(16):
             ids = s.store.partition("conv2", neuron, j)
-            assert ids.tolist() == np.flatnonzero(p == j).tolist()
+            assert ids.tolist() == np.flatnonzero(pids == j).tolist()
             if len(ids):
                 vals = A[ids, neuron]
                 assert vals.min() == bounds[neuron, j, 0] and vals.max() == bounds[neuron, j, 1]
-        # partitions are ordered by value
-        lo = bounds[neuron, counts[neuron] > 0, 0]
-        assert np.all(np.diff(lo) > 0)
+            else:
+                assert np.isnan(bounds[neuron, j]).all()
+        # partitions are ordered by value, and equal values share a partition
+        nz = counts[neuron] > 0
+        assert np.all(bounds[neuron, nz, 1][:-1] < bounds[neuron, nz, 0][1:])
         top_ids, top_vals = s.store.extremes("conv2", neuron)
         order = np.lexsort((np.arange(s.n), -A[:, neuron]))[: info.t]
         assert top_ids.tolist() == order.tolist()
         np.testing.assert_array_equal(top_vals, A[order, neuron])
+        bot_ids, bot_vals = s.store.extremes("conv2", neuron, highest=False)
+        order = np.lexsort((np.arange(s.n), A[:, neuron]))[: info.t]
+        assert bot_ids.tolist() == order.tolist()
+        np.testing.assert_array_equal(bot_vals, A[order, neuron])
+    # a ReLU unit that is 0 for many inputs: the zeros get partition 0 to themselves
+    zeros = (A == 0).sum(0)
+    neuron = int(np.argmax(np.where(zeros < s.n, zeros, 0)))
+    assert zeros[neuron] > s.n // 4
+    assert counts[neuron, 0] == zeros[neuron] and bounds[neuron, 0].tolist() == [0.0, 0.0]
     meta = s.store._h.root._v_attrs
-    assert meta["format_version"] == 1 and meta["model_fingerprint"] == s.model_fingerprint
+    assert meta["format_version"] == 2 and meta["model_fingerprint"] == s.model_fingerprint
     assert info.build["seconds_total"] > 0 and info.definition["layer"] == "conv2"
     s.close()
+
+
+def test_partition_ids_are_stored_compressed_and_readable_by_plain_pytables(digits_cnn, tmp_path):
+    """The chunks written directly are ordinary blosc-filtered HDF5 data."""
+    model, x, _ = digits_cnn
+    s = em.Session(model, x, index=tmp_path / "i.h5")
+    s.build_index(["conv1"], wait=True)
+    key = s.store.view("conv1").key
+    mine = np.stack([s.store.pids("conv1", j) for j in range(s.store.view("conv1").m)])
+    s.close()
+    with tables.open_file(str(tmp_path / "i.h5")) as h:
+        node = h.get_node(f"/views/{key}/pids")
+        assert node.filters.complib == "blosc:zstd" and node.chunkshape == (1, len(x))
+        np.testing.assert_array_equal(node[:], mine)
+        assert node.size_on_disk < node.size_in_memory / 2
+
+
+def test_small_lists_hold_at_least_min_list_inputs(digits_cnn, tmp_path):
+    model, x, _ = digits_cnn
+    s = em.Session(model, x, index=tmp_path / "i.h5", ratio=0.002)   # ceil(0.002 n) = 4
+    s.build_index(["fc1"], wait=True)
+    assert s.store.view("fc1").t == 32
+    r = s.topk("fc1", [3], k=30)      # a single neuron, k within its list: no model run
+    assert r.stats.inputs_recomputed == 0
+    s2 = em.Session(model, x, index=tmp_path / "j.h5", ratio=0.0)
+    s2.build_index(["fc1"], wait=True)
+    assert s2.store.view("fc1").t == 0
+    s.close(), s2.close()
 
 
 def test_lazy_build_on_first_query(digits_cnn, tmp_path):

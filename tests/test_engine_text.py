@@ -44,11 +44,11 @@ def test_text_queries_equal_brute_force(text_session):
         r = s.knn(tid, view, group, k=k, metric=str(rng.choice(["l2", "l1", "linf"])))
         allowed = np.ones(s.n, bool)
         allowed[tid] = False
-        key_of, _ = Q.knn_keys(A[tid, group], r.params["metric"])
+        key_of = Q.knn_key(A[tid, group], r.params["metric"])
         assert r.ids.tolist() == rank(A[:, group], key_of, k, allowed)[1].tolist()
         lowest = bool(rng.random() < 0.5)
         r = s.topk(view, group, k=k, by="mean", lowest=lowest)
-        key_of, _ = Q.topk_keys(Q.make_aggregation("mean", g), lowest)
+        key_of = Q.topk_key(Q.make_aggregation("mean", g), lowest)
         assert r.ids.tolist() == rank(A[:, group], key_of, k, np.ones(s.n, bool))[1].tolist()
 
 

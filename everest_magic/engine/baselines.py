@@ -19,7 +19,7 @@ import tables
 from . import query as Q
 from .result import QueryStats, Result
 from .session import Session
-from .store import FLOAT_FILTERS, HDF5_LOCK
+from .store import FLOAT_FILTERS, HDF5_LOCK, read_row
 
 
 def rank(X: np.ndarray, key_of, k: int, allowed: np.ndarray, ids: np.ndarray | None = None):
@@ -45,7 +45,7 @@ class _Baseline:
         s = self.s
         group = s.neuron_ids(view, neurons)
         agg = Q.make_aggregation(by, len(group))
-        key_of, _ = Q.topk_keys(agg, lowest)
+        key_of = Q.topk_key(agg, lowest)
         stats = QueryStats(n=s.n, method=self.name)
         X = self.group_activations(view, group, stats)
         keys, ids = rank(X, key_of, s._k(k), s._allowed(filter))
@@ -70,7 +70,7 @@ class _Baseline:
                 allowed[int(target)] = False
         else:
             t = s.external_activations(view, target)[group]
-        key_of, _ = Q.knn_keys(t, metric)
+        key_of = Q.knn_key(t, metric)
         keys, ids = rank(X, key_of, s._k(k), allowed)
         stats.seconds = time.perf_counter() - t0
         return Result("knn", view, group, ids, Q.knn_distance(keys, metric), stats, {"metric": metric, "k": k})
@@ -102,7 +102,8 @@ class ReprocessAll(_Baseline):
 
 
 class PreprocessAll(_Baseline):
-    """Every activation of a view materialised in HDF5 (neuron-major, one chunk a neuron)."""
+    """Every activation of a view materialised in HDF5 (neuron-major, one lz4 chunk a neuron); a
+    query reads its group's rows as whole chunks, as the index reads its own rows."""
 
     name = "preprocess_all"
 
@@ -130,7 +131,7 @@ class PreprocessAll(_Baseline):
     def group_activations(self, view, group, stats):
         with HDF5_LOCK, tables.open_file(str(self.path), "r") as h:
             node = h.get_node("/", _node(self.s.view(view).name))
-            rows = np.stack([node[int(j)] for j in group])
+            rows = np.stack([read_row(node, j) for j in group])
         return rows.T
 
 

@@ -1,8 +1,10 @@
 """Index build: one streaming inference pass, then per-neuron partitions and top lists.
 
-Activations of all requested views are gathered neuron-major. When they fit the memory
-budget they stay in RAM; otherwise they spill to a temporary HDF5 file written in
-chunk-aligned blocks, and are read back a block of neurons at a time.
+Activations of all requested views are gathered neuron-major as the batches arrive (each
+batch is transposed once into a (neurons, inputs) buffer). When they fit the memory budget
+they stay in RAM; otherwise they spill to a temporary HDF5 file written in chunk-aligned
+blocks, and are read back a block of neurons at a time. Worker threads partition blocks of
+neurons and compress their partition ids; the calling thread only writes finished chunks.
 """
 from __future__ import annotations
 
@@ -14,21 +16,35 @@ from pathlib import Path
 
 import numpy as np
 import tables
-import torch
 
+from .errors import QueryError
 from .jobs import Job
 from .model import Runner
-from .partition import cut_fractions, partition_block
-from .store import HDF5_LOCK, IndexStore
+from .partition import cut_fractions, partition_block, sample_ids
+from .store import HDF5_LOCK, IndexStore, compress_rows
 from .views import View
 
-DEFAULT_P = 32
+DEFAULT_P = 32          # partitions when n >= SMALL_N (the sweep in docs/benchmarks.md)
+SMALL_P, SMALL_N = 24, 20_000   # fewer below: per-neuron overhead weighs more on a small n
 DEFAULT_RATIO = 0.002
+DEFAULT_MIN_LIST = 32   # top and bottom lists hold at least this many inputs (small datasets)
 DEFAULT_SCHEME = "tails"
 
 
+def default_partitions(n: int) -> int:
+    """P for a view over n inputs: 32, or 24 below 20,000 inputs (keeps dense layers <= 15%)."""
+    return DEFAULT_P if n >= SMALL_N else SMALL_P
+
+
+def list_length(n: int, ratio: float, min_list: int = DEFAULT_MIN_LIST) -> int:
+    """Entries of each top and bottom list: ceil(ratio * n), at least `min_list` (at most n); 0 if ratio is 0."""
+    if ratio <= 0:
+        return 0
+    return min(n, max(int(math.ceil(ratio * n)), min_list))
+
+
 class _Activations:
-    """Neuron-major storage of one view's activations during a build: RAM or spill file."""
+    """Neuron-major activations (m, n) of one view during a build: RAM or spill file."""
 
     def __init__(self, m: int, n: int, in_ram: bool, spill_dir: Path, block_inputs: int):
         self.m, self.n, self.in_ram = m, n, in_ram
@@ -37,7 +53,8 @@ class _Activations:
         self.written = 0
         self.block_inputs = block_inputs
         if in_ram:
-            self.data = np.empty((n, m), np.float32)
+            self.data = np.zeros((m, n), np.float32)
+            self.data.reshape(-1)[::1024] = 0   # fault the pages in now, in order (much faster than strided)
         else:
             self.path = spill_dir / f".everest-spill-{os.getpid()}-{id(self)}.h5"
             with HDF5_LOCK:
@@ -49,7 +66,7 @@ class _Activations:
     def add(self, rows: np.ndarray) -> None:
         """Append activations of the next inputs (rows: (inputs, m))."""
         if self.in_ram:
-            self.data[self.written:self.written + len(rows)] = rows
+            self.data[:, self.written:self.written + len(rows)] = rows.T
             self.written += len(rows)
             return
         self.buf.append(rows)
@@ -69,7 +86,7 @@ class _Activations:
     def neurons(self, start: int, stop: int) -> np.ndarray:
         """Activations (stop - start, n) of a block of neurons."""
         if self.in_ram:
-            return torch.from_numpy(self.data)[:, start:stop].t().contiguous().numpy()
+            return self.data[start:stop]
         with HDF5_LOCK:
             return self.data[start:stop]
 
@@ -81,18 +98,22 @@ class _Activations:
         self.data = None
 
 
-def _drain(item, writer, g, job: Job | None, done: int, total: int) -> int:
-    start, stop, fut = item
-    writer.write_rows(g, start, fut.result())
-    done += stop - start
-    if job is not None:
-        job.step(done, total)
-    return done
+def _block_arrays(V: np.ndarray, fractions: np.ndarray, t: int, sample: np.ndarray | None,
+                  view: str, start: int) -> dict:
+    """One block's index arrays with compressed partition ids (runs on a worker thread)."""
+    finite = np.isfinite(V).all(axis=1)
+    if not finite.all():
+        bad = start + int(np.flatnonzero(~finite)[0])
+        raise QueryError(f"view {view!r}: neuron {bad} has NaN or infinite activations; the index needs "
+                         "finite values (check the model's outputs or pick another layer)")
+    arrays = partition_block(V, fractions, t, sample)
+    arrays["pids"] = compress_rows(arrays["pids"])
+    return arrays
 
 
 def build_views(runner: Runner, store: IndexStore, views: list[View], job: Job | None = None,
                 partitions: int = DEFAULT_P, ratio: float = DEFAULT_RATIO, scheme: str = DEFAULT_SCHEME,
-                memory_budget: int = 4 << 30) -> dict:
+                memory_budget: int = 4 << 30, min_list: int = DEFAULT_MIN_LIST) -> dict:
     """Build (or rebuild) `views` into the index in one inference pass; return build stats."""
     t0 = time.perf_counter()
     n = runner.data.n
@@ -118,26 +139,25 @@ def build_views(runner: Runner, store: IndexStore, views: list[View], job: Job |
         for a in acts:
             a.flush()
         t_inf = time.perf_counter() - t0
-        # 2. partitions and top lists, a block of neurons at a time
+        # 2. partitions and top lists, a block of neurons at a time, on worker threads
         writer = store.writer()
         fractions = cut_fractions(partitions, scheme)
-        t = int(math.ceil(ratio * n)) if ratio > 0 else 0
+        t = list_length(n, ratio, min_list)
+        sample = sample_ids(n)
         done = n
         workers = max(1, min(2, os.cpu_count() or 1))
-        per_neuron = 32 * n * (workers + 1)
-        block = int(max(1, min(256, (memory_budget // 2) // max(per_neuron, 1))))
+        per_neuron = 16 * n * (workers + 1)
+        block = int(max(1, min(256, (memory_budget // 4) // max(per_neuron, 1))))
         for v, shape, m, a in zip(views, shapes, ms, acts):
             tv = time.perf_counter()
             g = writer.create_view(v.name, v.definition(), shape, m, n, partitions, scheme, fractions, ratio, t)
-            starts = list(range(0, m, block))
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                # numpy and torch release the GIL in sorts: blocks partition in parallel,
-                # at most `workers` blocks ahead of the writer to bound memory
-                pending = []
-                for start in starts:
+                pending = []   # at most `workers` blocks ahead of the writer, to bound memory
+                for start in range(0, m, block):
                     stop = min(m, start + block)
-                    pending.append((start, stop, pool.submit(partition_block, a.neurons(start, stop), fractions, t)))
-                    if len(pending) >= workers:
+                    fut = pool.submit(_block_arrays, a.neurons(start, stop), fractions, t, sample, v.name, start)
+                    pending.append((start, stop, fut))
+                    if len(pending) > workers:
                         done = _drain(pending.pop(0), writer, g, job, done, work_total)
                 for item in pending:
                     done = _drain(item, writer, g, job, done, work_total)
@@ -145,6 +165,7 @@ def build_views(runner: Runner, store: IndexStore, views: list[View], job: Job |
                      "seconds_partition": time.perf_counter() - tv, "spilled": not in_ram,
                      "memory_budget": memory_budget, "activation_bytes": total_bytes,
                      "batch_size": runner.batch_size, "device": str(runner.device), "n": n,
+                     "cut_sample": 0 if sample is None else len(sample), "min_list": min_list,
                      "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
             writer.finish_view(g, build)
             stats[v.name] = build
@@ -157,3 +178,12 @@ def build_views(runner: Runner, store: IndexStore, views: list[View], job: Job |
     finally:
         for a in acts:
             a.close()
+
+
+def _drain(item, writer, g, job: Job | None, done: int, total: int) -> int:
+    start, stop, fut = item
+    writer.write_rows(g, start, fut.result())
+    done += stop - start
+    if job is not None:
+        job.step(done, total)
+    return done

@@ -51,7 +51,8 @@ class DataAdapter:
         return torch.stack([torch.as_tensor(x) for x in items])
 
     def fingerprint(self) -> str:
-        """A hash of the data: all bytes for arrays; length plus a strided sample of items otherwise."""
+        """A hash of the data: every byte of arrays and of text items; for other sequences (a
+        Dataset may load items from disk) the length plus a strided sample of 257 items."""
         if self._fingerprint is None:
             h = hashlib.sha256()
             h.update(str(self.n).encode())
@@ -59,7 +60,11 @@ class DataAdapter:
                 arr = self.data.detach().cpu().numpy() if isinstance(self.data, torch.Tensor) else np.asarray(self.data)
                 h.update(str(arr.dtype).encode() + str(arr.shape).encode())
                 h.update(np.ascontiguousarray(arr).tobytes())
-            else:
+            elif isinstance(self.data[0], (str, bytes)):   # text: cheap to hash in full
+                for item in self.data:
+                    b = item.encode() if isinstance(item, str) else bytes(item)
+                    h.update(len(b).to_bytes(8, "little") + b)
+            else:   # items may be costly to load (a Dataset): a strided sample of them
                 step = max(1, self.n // 256)
                 for i in list(range(0, self.n, step)) + [self.n - 1]:
                     h.update(_item_bytes(self.data[i]))

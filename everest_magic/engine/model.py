@@ -58,7 +58,9 @@ class Runner:
     Every forward pass runs a batch of exactly `batch_size` inputs (a short batch is
     padded with copies of its first input), so an input's activations do not depend on
     which other inputs share its batch: recomputation at query time reproduces the
-    values seen at index time bit for bit on batch-invariant models.
+    values seen at index time bit for bit on batch-invariant models. Queries may run
+    smaller batches, of sizes the session has checked to give the same bits
+    (`Session.batch_sizes`).
     """
 
     def __init__(self, model: torch.nn.Module, data: DataAdapter, device: str = "auto",
@@ -111,14 +113,19 @@ class Runner:
             raise RuntimeError(f"layers {sorted(missing)} produced no output in the forward pass")
         return outs
 
-    def views(self, views: Sequence[View], ids: Sequence[int] | np.ndarray) -> list[np.ndarray]:
-        """Activations of `views` for inputs `ids`: one float32 array (len(ids), neurons) per view."""
+    def views(self, views: Sequence[View], ids: Sequence[int] | np.ndarray,
+              batch_size: int | None = None) -> list[np.ndarray]:
+        """Activations of `views` for inputs `ids`: one float32 array (len(ids), neurons) per view.
+
+        Batches hold exactly `batch_size` inputs (default: the runner's), short ones padded.
+        """
         ids = np.asarray(ids, dtype=np.int64)
+        size = int(batch_size or self.batch_size)
         chunks: list[list[np.ndarray]] = [[] for _ in views]
         layers = sorted({v.layer for v in views})
-        for s in range(0, len(ids), self.batch_size):
-            part = ids[s:s + self.batch_size]
-            padded = np.concatenate([part, np.full(self.batch_size - len(part), part[0])]) if len(part) < self.batch_size else part
+        for s in range(0, len(ids), size):
+            part = ids[s:s + size]
+            padded = np.concatenate([part, np.full(size - len(part), part[0])]) if len(part) < size else part
             batch = self.data.batch(padded)
             outs = self.capture(layers, batch)
             for j, v in enumerate(views):

@@ -1,21 +1,25 @@
-"""Per-neuron partitions and top lists: the arrays the index stores for each view.
+"""Per-neuron partitions and extreme lists: the arrays the index stores for each view.
 
 For one neuron over n inputs:
-- partitions by value: cut values at fixed rank fractions; partition j holds the inputs
-  with ``cut[j] <= v < cut[j+1]``, so equal values always share a partition;
-- ``members``: input ids sorted by (partition, id), stored as deltas (uint16 modulo 2**16
-  while n <= 65536, else uint32),
-  so each partition's ids are one contiguous slice and sorted runs compress to few bits;
-- ``counts`` per partition and exact ``bounds`` (min, max) of each non-empty partition;
-- top and bottom lists: the exact values and ids of the ``t`` highest and lowest
-  inputs, ordered by (value, id) with ties broken by the smaller id.
+- cut values ``c[1] <= ... <= c[P-1]`` at fixed rank fractions of the neuron's values (of a
+  fixed sample of the inputs when n is large); partition j holds the inputs with
+  ``c[j] <= v < c[j+1]``, so equal values always share a partition;
+- ``pids``: the partition id of every input, one byte each (two when P > 256);
+- ``counts`` per partition and exact ``bounds`` (min, max) of each non-empty partition,
+  computed over all inputs: they are exact whatever the cuts are;
+- top and bottom lists: the exact values and ids of the ``t`` highest and lowest inputs,
+  ordered by (value, id) with ties broken by the smaller id.
+
+When many inputs share the row's minimum (a ReLU's zeros), that value gets partition 0 to
+itself and the other P-1 partitions split the remaining inputs by the scheme; a partition
+whose min equals its max is "single-valued" and tells its inputs' values exactly.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 SCHEMES = ("tails", "equi")
+SAMPLE = 8192   # cut values come from this many inputs when n > 2 * SAMPLE
 
 
 def cut_fractions(P: int, scheme: str = "tails") -> np.ndarray:
@@ -27,10 +31,10 @@ def cut_fractions(P: int, scheme: str = "tails") -> np.ndarray:
     """
     if P < 1:
         raise ValueError("partitions must be >= 1")
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown partition scheme {scheme!r}; use one of {SCHEMES}")
     if scheme == "equi" or P < 4:
         return np.linspace(0.0, 1.0, P + 1)
-    if scheme != "tails":
-        raise ValueError(f"unknown partition scheme {scheme!r}; use one of {SCHEMES}")
     h = P // 2
     q = 256.0 ** (1.0 / (h - 1))
     half = q ** np.arange(h)            # sizes from the tail inward
@@ -44,49 +48,39 @@ def cut_fractions(P: int, scheme: str = "tails") -> np.ndarray:
     return f
 
 
-def partition_block(V: np.ndarray, fractions: np.ndarray, t: int) -> dict[str, np.ndarray]:
-    """Index arrays for a block of neurons. `V`: (neurons, n) float32 activations.
+def pid_dtype(P: int) -> np.dtype:
+    """One byte per partition id up to 256 partitions, else two."""
+    return np.dtype(np.uint8 if P <= 256 else np.uint16)
 
-    When many inputs share a row's minimum (a ReLU's zeros), that value gets a partition
-    of its own and the other P-1 partitions split the remaining inputs by the scheme.
-    """
-    b, n = V.shape
+
+def sample_ids(n: int, seed: int = 0) -> np.ndarray | None:
+    """The inputs whose values place the cuts (sorted), or None to use all of them."""
+    if n <= 2 * SAMPLE:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, SAMPLE, replace=False))
+
+
+def cut_values(S: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    """The P-1 cut values of each row of `S` (rows sorted ascending), float32 (rows, P-1)."""
+    b, ns = S.shape
     P = len(fractions) - 1
-    S = np.sort(V, axis=1)
-    part = np.empty((b, n), np.uint16 if P > 256 else np.uint8)
-    counts = np.zeros((b, P), np.uint32)
-    bounds = np.full((b, P, 2), np.nan, np.float32)
-    cuts = np.empty((b, P - 1), np.float32)
+    cuts = np.empty((b, max(P - 1, 0)), np.float32)
+    if P < 2:
+        return cuts
     inner = fractions[1:-1]
     rest = _rescale(fractions, P - 1)
     for i in range(b):
         s = S[i]
         z = int(np.searchsorted(s, s[0], side="right"))
-        if P > 2 and z < n and z >= max(2, fractions[1] * n):
-            ranks = np.concatenate([[z], z + np.round(rest * (n - z))])
+        if P > 2 and z < ns and z >= max(2, fractions[1] * ns):
+            # the minimum gets a partition of its own: cut just above it
+            first = np.nextafter(s[0], np.float32(np.inf), dtype=np.float32)
+            ranks = z + np.round(rest * (ns - z)).astype(np.int64)
+            cuts[i, 0] = first
+            cuts[i, 1:] = np.maximum(s[np.clip(ranks, 0, ns - 1)], first)
         else:
-            ranks = np.round(inner * n)
-        cut = s[np.clip(ranks.astype(np.int64), 0, n - 1)]
-        starts = np.searchsorted(s, cut, side="left")
-        lo_idx = np.concatenate([[0], starts])
-        hi_idx = np.concatenate([starts, [n]])
-        c = hi_idx - lo_idx
-        counts[i] = c
-        nz = c > 0
-        bounds[i, nz, 0] = s[lo_idx[nz]]
-        bounds[i, nz, 1] = s[hi_idx[nz] - 1]
-        cuts[i] = cut
-    if P <= 32:   # a few vectorised comparisons beat a binary search per value
-        part[:] = 0
-        for j in range(P - 1):
-            part += V >= cuts[:, j:j + 1]
-    else:
-        part[:] = torch.searchsorted(torch.from_numpy(cuts), torch.from_numpy(V), right=True).numpy()
-    members = np.argsort(part, axis=1, kind="stable")
-    top_ids, top_vals = _extreme_lists(V, S, t, highest=True)
-    bot_ids, bot_vals = _extreme_lists(V, S, t, highest=False)
-    return {"members": encode_members(members), "counts": counts, "bounds": bounds,
-            "top_ids": top_ids, "top_vals": top_vals, "bot_ids": bot_ids, "bot_vals": bot_vals}
+            cuts[i] = s[np.clip(np.round(inner * ns).astype(np.int64), 0, ns - 1)]
+    return cuts
 
 
 def _rescale(fractions: np.ndarray, P: int) -> np.ndarray:
@@ -95,63 +89,75 @@ def _rescale(fractions: np.ndarray, P: int) -> np.ndarray:
     return cut_fractions(max(P, 1), scheme)[1:-1]
 
 
-def _extreme_lists(V: np.ndarray, S: np.ndarray, t: int, highest: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The t best ids per row by (value desc, id asc) (value asc for the lowest), and values.
+def partition_ids(V: np.ndarray, cuts: np.ndarray, out: np.ndarray) -> None:
+    """Partition id of every value of a few rows (the number of cuts <= v) into `out`."""
+    if cuts.shape[1] <= 48:   # whole-block comparisons: few, long numpy calls (threads scale)
+        out[:] = 0
+        for j in range(cuts.shape[1]):
+            out += V >= cuts[:, j:j + 1]
+        return
+    for i in range(len(V)):
+        out[i] = np.searchsorted(cuts[i], V[i], side="right")
 
-    `S` is `V` sorted along rows; the t-th best value splits each row into the inputs
-    strictly better (all kept) and ties (the smallest ids kept).
+
+def partition_block(V: np.ndarray, fractions: np.ndarray, t: int,
+                    sample: np.ndarray | None = None, rows: int = 16) -> dict[str, np.ndarray]:
+    """Index arrays for a block of neurons. `V`: (neurons, n) float32, finite.
+
+    `sample`: the input ids whose values place the cuts (None: all inputs). The work runs
+    `rows` neurons at a time, in long numpy calls that release the GIL.
     """
     b, n = V.shape
+    P = len(fractions) - 1
+    S = np.sort(V if sample is None else V[:, sample], axis=1)
+    cuts = cut_values(S, fractions)
+    pids = np.empty((b, n), pid_dtype(P))
+    counts = np.zeros((b, P), np.uint32)
+    lo = np.full((b, P), np.inf, np.float32)
+    hi = np.full((b, P), -np.inf, np.float32)
+    for s in range(0, b, rows):
+        e = min(b, s + rows)
+        partition_ids(V[s:e], cuts[s:e], pids[s:e])
+        flat = (pids[s:e] + (P * np.arange(e - s))[:, None]).ravel()   # (row, partition) as one index
+        counts[s:e] = np.bincount(flat, minlength=(e - s) * P).reshape(e - s, P)
+        np.minimum.at(lo[s:e].reshape(-1), flat, V[s:e].reshape(-1))
+        np.maximum.at(hi[s:e].reshape(-1), flat, V[s:e].reshape(-1))
+    bounds = np.stack([lo, hi], axis=-1)
+    bounds[counts == 0] = np.nan
     t = min(t, n)
-    ids = np.zeros((b, t), np.uint32)
-    vals = np.zeros((b, t), np.float32)
-    if t == 0:
-        return ids, vals
-    edge = (S[:, n - t] if highest else S[:, t - 1])[:, None]
-    better = V > edge if highest else V < edge
-    rows_b, cols_b = np.nonzero(better)
-    sb = np.searchsorted(rows_b, np.arange(b + 1))
-    for i in range(b):
-        inside = cols_b[sb[i]:sb[i + 1]]
-        ties = _first_equal(V[i], edge[i, 0], t - len(inside))
-        chosen = np.concatenate([inside, ties])
-        v = V[i, chosen]
-        order = np.lexsort((chosen, -v if highest else v))
-        ids[i] = chosen[order]
-        vals[i] = v[order]
-    return ids, vals
+    lists = {name: np.zeros((b, t), dt) for name, dt in
+             (("top_ids", np.uint32), ("top_vals", np.float32), ("bot_ids", np.uint32), ("bot_vals", np.float32))}
+    if t:
+        for i in range(b):
+            args = (V[i], pids[i], counts[i], lo[i], hi[i], t)
+            lists["top_ids"][i], lists["top_vals"][i] = extreme_list(*args, highest=True)
+            lists["bot_ids"][i], lists["bot_vals"][i] = extreme_list(*args, highest=False)
+    return {"pids": pids, "counts": counts, "bounds": bounds, **lists}
 
 
-def _first_equal(row: np.ndarray, value: float, count: int) -> np.ndarray:
-    """The `count` smallest indices where `row == value`, scanning growing prefixes."""
-    end = min(len(row), max(4 * count, 1024))
-    while True:
-        hits = np.flatnonzero(row[:end] == value)
-        if len(hits) >= count or end == len(row):
-            return hits[:count]
-        end = min(len(row), end * 4)
+def extreme_list(v: np.ndarray, p: np.ndarray, counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, t: int,
+                 highest: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The t best inputs of one row by (value desc, id asc) (value asc with `highest=False`).
+
+    Only the partitions at that end holding at least t inputs are looked at.
+    """
+    P = len(counts)
+    order = range(P - 1, -1, -1) if highest else range(P)
+    total, edge = 0, 0
+    for j in order:
+        total += int(counts[j])
+        edge = j
+        if total >= t:
+            break
+    if not highest and edge == 0 and lo[0] == hi[0]:   # one value (a ReLU's zeros): the smallest ids
+        ids = np.flatnonzero(p == 0)[:t]
+        return ids.astype(np.uint32), np.full(t, lo[0], np.float32)
+    cand = np.flatnonzero(p >= edge) if highest else np.flatnonzero(p <= edge)
+    vals = v[cand]
+    best = np.argsort(-vals if highest else vals, kind="stable")[:t]   # stable: ties keep id order
+    return cand[best].astype(np.uint32), vals[best]
 
 
-def member_dtype(n: int) -> np.dtype:
-    """uint16 deltas suffice (modulo 2**16) while every id fits 16 bits; else uint32."""
-    return np.dtype(np.uint16 if n <= 1 << 16 else np.uint32)
-
-
-def encode_members(members: np.ndarray) -> np.ndarray:
-    """(rows, n) ids -> deltas along each row, wrapping modulo 2**16 or 2**32."""
-    d = np.empty(members.shape, member_dtype(members.shape[1]))
-    d[:, 0] = members[:, 0]
-    np.subtract(members[:, 1:], members[:, :-1], out=d[:, 1:], casting="unsafe")
-    return d
-
-
-def decode_members(deltas: np.ndarray) -> np.ndarray:
-    """Inverse of `encode_members`."""
-    return np.cumsum(deltas, axis=-1, dtype=deltas.dtype)
-
-
-def partition_of(members: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Partition id of every input, from one neuron's decoded members and counts."""
-    p = np.empty(len(members), np.uint16 if len(counts) > 256 else np.uint8)
-    p[members] = np.repeat(np.arange(len(counts), dtype=p.dtype), counts)
-    return p
+def partition_members(pids: np.ndarray, j: int) -> np.ndarray:
+    """Input ids (ascending) of partition `j`, from one neuron's partition ids."""
+    return np.flatnonzero(pids == j)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import query as Q
-from .build import DEFAULT_P, DEFAULT_RATIO, DEFAULT_SCHEME, build_views
+from .build import DEFAULT_MIN_LIST, DEFAULT_RATIO, DEFAULT_SCHEME, build_views, default_partitions
 from .cache import ActivationCache
 from .data import Collate, DataAdapter
 from .errors import QueryError, UnknownNameError
@@ -22,6 +22,7 @@ from .store import IndexStore, ViewInfo
 from .views import REDUCTIONS, View, ViewFn
 
 NeuronSpec = Any  # int, tuple of ints, or a sequence of those
+FIRST_STEP = 8    # the threshold walk's first recompute batch; it doubles up to batch_size
 
 
 class Session:
@@ -34,13 +35,19 @@ class Session:
     The model runs on `device` ("auto": cuda when present, else cpu) in batches of
     `batch_size`; views are built lazily on their first query unless `lazy=False`.
     An index built for other weights or other data is refused; `rebuild=True` discards it.
+
+    Index settings: `partitions` (P; default 32, or 24 below 20,000 inputs), `ratio` (top
+    and bottom lists of ceil(ratio * n) inputs, at least `min_list`), `scheme` ("tails" or
+    "equi"). Caches: `cache_bytes` of recomputed activations, `index_cache_bytes` of
+    decoded index rows.
     """
 
     def __init__(self, model: torch.nn.Module, data: Any, index: str | os.PathLike | None = None, *,
                  labels: Sequence | np.ndarray | None = None, collate: Collate | None = None,
                  forward: Forward | None = None, device: str = "auto", batch_size: int = 64,
                  memory_budget: int = 4 << 30, cache_bytes: int = 512 << 20,
-                 partitions: int = DEFAULT_P, ratio: float = DEFAULT_RATIO, scheme: str = DEFAULT_SCHEME,
+                 partitions: int | None = None, ratio: float = DEFAULT_RATIO, scheme: str = DEFAULT_SCHEME,
+                 min_list: int = DEFAULT_MIN_LIST, index_cache_bytes: int = 64 << 20,
                  tolerance: float = 1e-5, lazy: bool = True, rebuild: bool = False,
                  data_fingerprint: str | None = None, name: str = "default", jobs: JobManager | None = None):
         if not isinstance(model, torch.nn.Module):
@@ -58,7 +65,8 @@ class Session:
         self.runner = Runner(model, self.data, device=device, batch_size=batch_size, forward=forward)
         self.cache = ActivationCache(cache_bytes)
         self.memory_budget = memory_budget
-        self.partitions, self.ratio, self.scheme = partitions, ratio, scheme
+        self.partitions = partitions or default_partitions(self.n)
+        self.ratio, self.scheme, self.min_list = ratio, scheme, int(min_list)
         self.tolerance = tolerance
         self.lazy = lazy
         self._tmpdir = None
@@ -69,7 +77,9 @@ class Session:
         if rebuild and self.index_path.exists():
             self.index_path.unlink()
         self.model_fingerprint = model_fingerprint(model)
-        self.store = IndexStore(self.index_path, self.model_fingerprint, self.data.fingerprint(), self.n)
+        self.store = IndexStore(self.index_path, self.model_fingerprint, self.data.fingerprint(), self.n,
+                                cache_bytes=index_cache_bytes)
+        self._sizes: dict[str, tuple[int, ...]] = {}
         self._custom: dict[str, View] = {}
         self._model_lock = threading.RLock()
         self._build_lock = threading.Lock()
@@ -138,8 +148,11 @@ class Session:
         def work(job: Job):
             with self._build_lock:
                 runner = _LockedRunner(self.runner, self._model_lock)
-                return build_views(runner, self.store, vs, job, partitions=P, ratio=r, scheme=sch,
-                                   memory_budget=self.memory_budget)
+                stats = build_views(runner, self.store, vs, job, partitions=P, ratio=r, scheme=sch,
+                                    memory_budget=self.memory_budget, min_list=self.min_list)
+            for v in vs:   # settle the query batch sizes now, in the background
+                self.batch_sizes(v.name)
+            return stats
 
         desc = f"index {' '.join(names)}"
         if wait:   # on the calling thread: also safe from inside another job
@@ -162,28 +175,75 @@ class Session:
         return self.store.view(v.name)
 
     # -- activations ------------------------------------------------------------------------
+    def batch_sizes(self, view: str) -> tuple[int, ...]:
+        """Batch sizes (ascending, the last is `batch_size`) that give a view's activations bit
+        for bit as the full batch does; queries recompute in these. Checked once per view on
+        real inputs: the same rows computed in a full batch and in batches of B/2, B/4, ... 1
+        (down to the first size that differs)."""
+        v = self.view(view)
+        if v.name not in self._sizes:
+            self._sizes[v.name] = self._locked(self._check_sizes, v)
+        return self._sizes[v.name]
+
+    def _check_sizes(self, v: View) -> tuple[int, ...]:
+        B = self.runner.batch_size
+        ids = np.random.default_rng(0).permutation(self.n)[:B]
+        ref = self.runner.views([v], ids, B)[0].view(np.uint32)
+        ok = [B]
+        size = 1 << ((B - 1).bit_length() - 1) if B > 1 else 0   # the largest power of two below B
+        while size >= 1:
+            c = min(len(ids), max(2 * size, 8))
+            got = self.runner.views([v], ids[:c], size)[0].view(np.uint32)
+            if not np.array_equal(got, ref[:c]):
+                break
+            ok.append(size)
+            size //= 2
+        return tuple(sorted(ok))
+
+    def walk_steps(self, view: str):
+        """Recompute batch sizes of a threshold walk: FIRST_STEP (or the smallest safe size
+        above it), doubling up to batch_size."""
+        sizes = self.batch_sizes(view)
+        step = next((x for x in sizes if x >= FIRST_STEP), sizes[-1])
+        while True:
+            yield step
+            step = min(2 * step, sizes[-1])
+
     def fetch(self, view: str, ids: np.ndarray, stats: QueryStats | None = None) -> np.ndarray:
         """Activations (len(ids), m) of a view, from the cache or recomputed in batches."""
         ids = np.asarray(ids, np.int64)
         v = self.view(view)
         found, rows = self.cache.get(v.name, ids)
         out = None
-        if rows:
-            out = np.empty((len(ids), rows[0].shape[0]), np.float32)
-            out[found] = np.stack(rows)
+        if rows is not None:
+            out = np.empty((len(ids), rows.shape[1]), np.float32)
+            out[found] = rows
         missing = ids[~found]
         if len(missing):
-            new = self._locked(self.runner.views, [v], missing)[0]
+            new, batches = self._compute(v, missing)
             self.cache.put(v.name, missing, new)
             if out is None:
                 out = np.empty((len(ids), new.shape[1]), np.float32)
             out[~found] = new
             if stats is not None:
                 stats.inputs_recomputed += len(missing)
-                stats.batches += -(-len(missing) // self.runner.batch_size)
+                stats.batches += batches
         if stats is not None:
             stats.inputs_from_cache += int(found.sum())
         return out
+
+    def _compute(self, v: View, ids: np.ndarray) -> tuple[np.ndarray, int]:
+        """Run the model on `ids`: full batches, then the smallest safe size for the rest."""
+        sizes = self.batch_sizes(v.name)
+        B = sizes[-1]
+        full = len(ids) // B * B
+        parts = []
+        if full:
+            parts.append(self._locked(self.runner.views, [v], ids[:full], B)[0])
+        if full < len(ids):
+            size = next(x for x in sizes if x >= len(ids) - full)
+            parts.append(self._locked(self.runner.views, [v], ids[full:], size)[0])
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), full // B + int(full < len(ids))
 
     def activations(self, view: str, ids: int | Sequence[int] | np.ndarray) -> np.ndarray:
         """Activations of inputs `ids` in a view, float32 (len(ids), neurons)."""
@@ -208,7 +268,7 @@ class Session:
                 x = x[0]
             if tuple(x.shape) != want:
                 raise QueryError(f"target tensor has shape {tuple(x.shape)}; an input of this dataset has shape {want}")
-        items = [x] * self.runner.batch_size
+        items = [x] * self.batch_sizes(v.name)[0]
         batch = self.data.collate(items) if self.data.collate else torch.stack([torch.as_tensor(i) for i in items])
         outs = self._locked(self.runner.capture, [v.layer], batch)
         return v.apply(outs[v.layer], batch)[0].cpu().numpy()
@@ -228,7 +288,7 @@ class Session:
         group = self.neuron_ids(v.name, neurons, info.shape)
         agg = Q.make_aggregation(by, len(group))
         allowed = self._allowed(filter)
-        ids, scores, stats = Q.topk(self, v.name, group, k, agg, lowest, allowed, self.runner.batch_size)
+        ids, scores, stats = Q.topk(self, v.name, group, k, agg, lowest, allowed)
         params = {"by": agg.label if agg.weights is None else list(agg.weights), "k": k, "filter": filter is not None}
         return self._result("bottomk" if lowest else "topk", v.name, group, ids, scores, stats, params)
 
@@ -267,7 +327,7 @@ class Session:
         else:
             raise QueryError(f"knn target must be an input id (int in [0, {self.n})) or an input tensor, "
                              f"got {type(target).__name__}")
-        ids, scores, stats = Q.knn(self, v.name, group, k, trow[group], metric, allowed, self.runner.batch_size)
+        ids, scores, stats = Q.knn(self, v.name, group, k, trow[group], metric, allowed)
         stats.inputs_recomputed += pre.inputs_recomputed
         stats.inputs_from_cache += pre.inputs_from_cache
         stats.batches += pre.batches
@@ -342,6 +402,11 @@ class Session:
         self.history.append(r)
         return r
 
+    def clear_caches(self) -> None:
+        """Forget recomputed activations and decoded index rows (the next query starts cold)."""
+        self.cache.clear()
+        self.store.rows.clear()
+
     def _locked(self, fn, *args):
         with self._model_lock:
             return fn(*args)
@@ -372,9 +437,9 @@ class _LockedRunner:
         self._runner, self._lock = runner, lock
         self.data, self.batch_size, self.device = runner.data, runner.batch_size, runner.device
 
-    def views(self, views, ids):
+    def views(self, views, ids, batch_size=None):
         with self._lock:
-            return self._runner.views(views, ids)
+            return self._runner.views(views, ids, batch_size)
 
     def view_shapes(self, views):
         with self._lock:

@@ -28,9 +28,9 @@ def fetch_many(session: Any, views: Sequence[View], ids: np.ndarray) -> tuple[di
         mask, rows = session.cache.get(v.name, ids)
         found[v.name] = mask
         missing |= ~mask
-        if rows:
-            arr = np.empty((len(ids), rows[0].shape[0]), np.float32)
-            arr[mask] = np.stack(rows)
+        if rows is not None:
+            arr = np.empty((len(ids), rows.shape[1]), np.float32)
+            arr[mask] = rows
             out[v.name] = arr
     if missing.any():
         need = [v for v in views if not found[v.name].all()]

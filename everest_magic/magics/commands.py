@@ -56,7 +56,8 @@ def positioned(e: EverestError, text: str, keyword: str) -> P.QuerySyntaxError:
 # -- use / layers / index ---------------------------------------------------------------------
 
 SESSION_OPTIONS = {"labels", "collate", "forward", "device", "batch_size", "memory_budget", "cache_bytes",
-                   "partitions", "ratio", "scheme", "tolerance", "lazy", "rebuild", "data_fingerprint"}
+                   "partitions", "ratio", "scheme", "tolerance", "lazy", "rebuild", "data_fingerprint",
+                   "min_list", "index_cache_bytes"}
 
 
 def do_use(cmd: P.UseCommand, ctx: Context) -> Any:

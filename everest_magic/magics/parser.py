@@ -11,8 +11,8 @@ excluded from ``==`` and ``repr``):
 
 - ``UseCommand(name, options)``: ``name`` str | Expr | None; ``options`` maps a key to its
   value: model, data, labels, collate, forward, render -> Name | Expr; index, device, scheme,
-  data_fingerprint -> str | Expr; batch_size, partitions, memory_budget, cache_bytes -> int |
-  Expr; tolerance, ratio -> float | Expr; lazy, rebuild -> bool | Expr. ``name=`` is moved to
+  data_fingerprint -> str | Expr; batch_size, partitions, memory_budget, cache_bytes, min_list,
+  index_cache_bytes -> int | Expr; tolerance, ratio -> float | Expr; lazy, rebuild -> bool | Expr. ``name=`` is moved to
   ``name``; a ``use`` with no options switches to the named session.
 - ``LayersCommand(session)``, ``IndexCommand(views, wait, session)``: ``views`` a list of
   str | Expr such as ``"conv2"`` or ``"conv2:mean"``.
@@ -240,6 +240,7 @@ USE_OPTIONS = {
     "render": "name", "index": "str", "name": "str", "device": "str", "scheme": "str",
     "data_fingerprint": "str", "batch_size": "int", "partitions": "int", "memory_budget": "int",
     "cache_bytes": "int", "tolerance": "float", "ratio": "float", "lazy": "bool", "rebuild": "bool",
+    "min_list": "int", "index_cache_bytes": "int",
 }
 _OPTIONS = {"-o": "output", "--output": "output", "--wait": "wait"}
 _BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
@@ -1055,7 +1056,8 @@ HELP = {
     "use": "use model=NAME data=NAME [index=PATH] [name=NAME] [labels=NAME] [batch_size=N] ...\n"
            "  opens a session (and makes it current); `use NAME` switches to a named session.\n"
            "  Other keys: collate, forward, render, device, partitions, memory_budget, cache_bytes,\n"
-           "  tolerance, ratio, scheme, lazy, rebuild, data_fingerprint. Values may be {expressions}.",
+           "  index_cache_bytes, tolerance, ratio, min_list, scheme, lazy, rebuild, data_fingerprint.\n"
+           "  Values may be {expressions}.",
     "layers": "layers [in session NAME]: the model's layers, their output shapes and what is indexed.",
     "index": "index VIEW ... [--wait] [in session NAME]: build the index of views such as conv2 or\n"
              "  conv2:mean (channel means) in the background; --wait blocks until it is done.",
