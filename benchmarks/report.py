@@ -190,9 +190,12 @@ def markdown(results: dict, figures: dict[str, str], img_prefix: str = "") -> st
         L.append(f"- **{wname}**: {wr['description']}; views {', '.join(f'`{v}`' for v in wr['views'])}; "
                  f"batch size {wr['batch_size']}; PreprocessAll cold reads: `{cc['method']}` ({cc['note']}).")
     cfg = results["config"]
-    L.append(f"- engine settings: P = {cfg['partitions']}, ratio = {cfg['ratio']}, scheme `{cfg['scheme']}` (the engine's "
-             f"defaults); torch / FAISS threads: {cfg['threads']}; k = 20; activation cache cleared before every "
-             f"independent query.")
+    Ps = ", ".join(f"{w}: {wr['build']['settings']['partitions']}" for w, wr in results["workloads"].items())
+    tl = ", ".join(f"{v}: {i['t']}" for wr in results["workloads"].values() for v, i in wr["index"].items())
+    L.append(f"- engine settings: the engine's defaults: P = {Ps or '?'} (32, or 24 below 20,000 inputs), "
+             f"ratio = {cfg['ratio']} (lists of t = {tl or '?'} inputs, at least 32), scheme `{cfg['scheme']}`; "
+             f"torch / FAISS threads: {cfg['threads']}; k = 20; the activation cache and the index row cache "
+             f"cleared before every independent query.")
     if results.get("skipped"):
         L.append(f"- skipped: {', '.join(results['skipped'])}")
     c = s["checks"]

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import everest_magic as em  # noqa: E402
-from everest_magic.engine.build import DEFAULT_P, DEFAULT_RATIO, DEFAULT_SCHEME  # noqa: E402
+from everest_magic.engine.build import DEFAULT_MIN_LIST, DEFAULT_P, DEFAULT_RATIO, DEFAULT_SCHEME  # noqa: E402
 
 import queries as QS  # noqa: E402
 import report  # noqa: E402
@@ -72,7 +72,7 @@ class Config:
     reprocess_families: list[str] = field(default_factory=lambda: ["topk-g3-rand"])
     drilldown_views: list[str] = field(default_factory=lambda: ["conv2"])
     threads: int = 1                        # torch (and FAISS) intra-op threads, see docs
-    partitions: int = DEFAULT_P             # the engine's defaults
+    partitions: int | None = None          # the engine's defaults (P by n: build.default_partitions)
     ratio: float = DEFAULT_RATIO
     scheme: str = DEFAULT_SCHEME
     sweep: bool = True
@@ -280,7 +280,8 @@ def bench_workload(w: W.Workload, cfg: Config, out: Path, bar: Progress, created
     bar.note("")
     info = s.indexed()
     res["build"] = {"wall_seconds": build_wall, "memory": mem.as_dict(), "per_view": build_stats,
-                    "settings": {"partitions": cfg.partitions, "ratio": cfg.ratio, "scheme": cfg.scheme},
+                    "settings": {"partitions": s.partitions, "ratio": cfg.ratio, "scheme": cfg.scheme,
+                                 "min_list": s.min_list},
                     "index_file_bytes": index_path.stat().st_size}
     res["index"] = {v: {"neurons": i.m, "bytes_on_disk": i.bytes_on_disk, "full_bytes": i.full_bytes,
                         "size_ratio": i.size_ratio, "P": i.P, "t": i.t} for v, i in info.items()}
@@ -422,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results: dict = {"command": command.strip(), "config": asdict(cfg), "machine": machine_info(),
-                     "defaults": [DEFAULT_P, DEFAULT_RATIO, DEFAULT_SCHEME],
+                     "defaults": [DEFAULT_P, DEFAULT_RATIO, DEFAULT_SCHEME, DEFAULT_MIN_LIST],
                      "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "workloads": {}}
     if a.skip_minilm:
         results["skipped"] = ["minilm (--skip-minilm)"]

@@ -42,7 +42,8 @@ def test_close_and_reopen_gives_identical_answers(digits_cnn, tmp_path):
 def test_changed_model_or_data_is_refused_with_rebuild_advice(digits_cnn, tmp_path):
     model, x, y = digits_cnn
     path = tmp_path / "idx.h5"
-    em.Session(model, x, index=path).build_index("fc1", wait=True)
+    with em.Session(model, x, index=path) as s:
+        s.build_index("fc1", wait=True)
     other = type(model)()
     other.load_state_dict(model.state_dict())
     with torch.no_grad():

@@ -1,15 +1,18 @@
 """Index build: one streaming inference pass, then per-neuron partitions and top lists.
 
 Activations of all requested views are gathered neuron-major as the batches arrive (each
-batch is transposed once into a (neurons, inputs) buffer). When they fit the memory budget
-they stay in RAM; otherwise they spill to a temporary HDF5 file written in chunk-aligned
-blocks, and are read back a block of neurons at a time. Worker threads partition blocks of
+batch is transposed once into a (neurons, inputs) slab of 8,192 inputs, whose memory a
+background thread faults in ahead of the pass). When they fit the memory budget they stay
+in RAM; otherwise they spill to a temporary HDF5 file written in chunk-aligned blocks, and
+are read back a block of neurons at a time. Worker threads partition blocks of
 neurons and compress their partition ids; the calling thread only writes finished chunks.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,8 +46,28 @@ def list_length(n: int, ratio: float, min_list: int = DEFAULT_MIN_LIST) -> int:
     return min(n, max(int(math.ceil(ratio * n)), min_list))
 
 
+SLAB_INPUTS = 8192   # in RAM, activations are kept in slabs of this many inputs
+
+
+def _populate(arrays: list[np.ndarray], stop: threading.Event, piece: int = 64 << 20) -> None:
+    """Fault the arrays' memory in, in order, without changing it (madvise MADV_POPULATE_WRITE,
+    Linux >= 5.14), so that the inference pass does not wait on page faults; a no-op elsewhere."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        page = os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return
+    for a in arrays:
+        start = -(-a.ctypes.data // page) * page
+        end = (a.ctypes.data + a.nbytes) // page * page
+        for p in range(start, end, piece):
+            if stop.is_set() or libc.madvise(ctypes.c_void_p(p), ctypes.c_size_t(min(piece, end - p)), 23) != 0:
+                return
+
+
 class _Activations:
-    """Neuron-major activations (m, n) of one view during a build: RAM or spill file."""
+    """Neuron-major activations of one view during a build: in RAM (slabs of SLAB_INPUTS
+    inputs by all neurons, filled in order) or in a spill file."""
 
     def __init__(self, m: int, n: int, in_ram: bool, spill_dir: Path, block_inputs: int):
         self.m, self.n, self.in_ram = m, n, in_ram
@@ -53,8 +76,7 @@ class _Activations:
         self.written = 0
         self.block_inputs = block_inputs
         if in_ram:
-            self.data = np.zeros((m, n), np.float32)
-            self.data.reshape(-1)[::1024] = 0   # fault the pages in now, in order (much faster than strided)
+            self.slabs = [np.empty((m, min(SLAB_INPUTS, n - s)), np.float32) for s in range(0, n, SLAB_INPUTS)]
         else:
             self.path = spill_dir / f".everest-spill-{os.getpid()}-{id(self)}.h5"
             with HDF5_LOCK:
@@ -66,8 +88,13 @@ class _Activations:
     def add(self, rows: np.ndarray) -> None:
         """Append activations of the next inputs (rows: (inputs, m))."""
         if self.in_ram:
-            self.data[:, self.written:self.written + len(rows)] = rows.T
-            self.written += len(rows)
+            done = 0
+            while done < len(rows):
+                k, off = divmod(self.written, SLAB_INPUTS)
+                take = min(len(rows) - done, SLAB_INPUTS - off)
+                self.slabs[k][:, off:off + take] = rows[done:done + take].T
+                done += take
+                self.written += take
             return
         self.buf.append(rows)
         self.buffered += len(rows)
@@ -86,7 +113,10 @@ class _Activations:
     def neurons(self, start: int, stop: int) -> np.ndarray:
         """Activations (stop - start, n) of a block of neurons."""
         if self.in_ram:
-            return self.data[start:stop]
+            out = np.empty((stop - start, self.n), np.float32)
+            for k, slab in enumerate(self.slabs):
+                out[:, k * SLAB_INPUTS:k * SLAB_INPUTS + slab.shape[1]] = slab[start:stop]
+            return out
         with HDF5_LOCK:
             return self.data[start:stop]
 
@@ -95,12 +125,13 @@ class _Activations:
             with HDF5_LOCK:
                 self.h.close()
             self.path.unlink(missing_ok=True)
-        self.data = None
+        self.slabs = self.data = None
 
 
-def _block_arrays(V: np.ndarray, fractions: np.ndarray, t: int, sample: np.ndarray | None,
-                  view: str, start: int) -> dict:
+def _block_arrays(acts: _Activations, start: int, stop: int, fractions: np.ndarray, t: int,
+                  sample: np.ndarray | None, view: str) -> dict:
     """One block's index arrays with compressed partition ids (runs on a worker thread)."""
+    V = acts.neurons(start, stop)
     finite = np.isfinite(V).all(axis=1)
     if not finite.all():
         bad = start + int(np.flatnonzero(~finite)[0])
@@ -125,6 +156,10 @@ def build_views(runner: Runner, store: IndexStore, views: list[View], job: Job |
     block_inputs = max(runner.batch_size, (memory_budget // 4) // max(row_bytes, 1) // runner.batch_size * runner.batch_size)
     block_inputs = min(block_inputs, max(n, 1))
     acts = [_Activations(m, n, in_ram, store.path.parent, block_inputs) for m in ms]
+    populating = threading.Event()   # set: stop faulting memory in
+    if in_ram:   # slab by slab in input order, as the pass fills them
+        slabs = [slab for k in range(-(-n // SLAB_INPUTS)) for a in acts for slab in a.slabs[k:k + 1]]
+        threading.Thread(target=_populate, args=(slabs, populating), daemon=True, name="everest-populate").start()
     work_total = n + sum(ms)
     writer = None
     stats: dict = {}
@@ -155,7 +190,7 @@ def build_views(runner: Runner, store: IndexStore, views: list[View], job: Job |
                 pending = []   # at most `workers` blocks ahead of the writer, to bound memory
                 for start in range(0, m, block):
                     stop = min(m, start + block)
-                    fut = pool.submit(_block_arrays, a.neurons(start, stop), fractions, t, sample, v.name, start)
+                    fut = pool.submit(_block_arrays, a, start, stop, fractions, t, sample, v.name)
                     pending.append((start, stop, fut))
                     if len(pending) > workers:
                         done = _drain(pending.pop(0), writer, g, job, done, work_total)
@@ -176,6 +211,7 @@ def build_views(runner: Runner, store: IndexStore, views: list[View], job: Job |
             writer.abort()
         raise
     finally:
+        populating.set()
         for a in acts:
             a.close()
 

@@ -1,7 +1,8 @@
 """A bounded (bytes) LRU cache of recomputed view activations, keyed by (view, input id).
 
-Rows of one view live in one growing array (a slab), so a query reads the group's columns
-of every cached row in one fancy-indexing step, whatever the number of rows.
+Rows of one view live in fixed-size pages of a few MB (a slab), so a query reads the group's
+columns of every cached row in a few fancy-indexing steps whatever the number of rows,
+and the cache grows and shrinks a page at a time, never copying what it holds.
 """
 from __future__ import annotations
 
@@ -9,44 +10,57 @@ import threading
 
 import numpy as np
 
+PAGE_BYTES = 4 << 20
+
 
 class _Slab:
-    """The cached rows of one view: rows (capacity, m), the input id of each slot (-1: free)."""
+    """The cached rows of one view: pages of R rows; per slot its input id (-1: free) and
+    the tick of its last use."""
 
     def __init__(self, m: int):
         self.m = m
-        self.rows = np.empty((0, m), np.float32)
+        self.R = max(1, PAGE_BYTES // (4 * m))
+        self.pages: list[np.ndarray | None] = []
         self.ids = np.empty(0, np.int64)
         self.tick = np.empty(0, np.int64)
         self.slot: dict[int, int] = {}
         self.free: list[int] = []
 
-    def take_slot(self, max_rows: int) -> int:
+    def take_slot(self) -> int:
         if not self.free:
-            old = len(self.ids)
-            self.resize(max(old + 1, min(max(16, 2 * old), max_rows)))
+            k = next((i for i, p in enumerate(self.pages) if p is None), len(self.pages))
+            if k == len(self.pages):
+                self.pages.append(None)
+                self.ids = np.concatenate([self.ids, np.full(self.R, -1, np.int64)])
+                self.tick = np.concatenate([self.tick, np.zeros(self.R, np.int64)])
+            self.pages[k] = np.empty((self.R, self.m), np.float32)
+            self.free = list(range(k * self.R + self.R - 1, k * self.R - 1, -1))
         return self.free.pop()
 
-    def resize(self, cap: int) -> None:
-        """Keep the live rows in a slab of `cap` slots (cap >= live rows)."""
-        live = np.flatnonzero(self.ids >= 0)
-        rows = np.empty((cap, self.m), np.float32)
-        rows[:len(live)] = self.rows[live]
-        ids = np.full(cap, -1, np.int64)
-        ids[:len(live)] = self.ids[live]
-        tick = np.zeros(cap, np.int64)
-        tick[:len(live)] = self.tick[live]
-        self.rows, self.ids, self.tick = rows, ids, tick
-        self.slot = {int(i): s for s, i in enumerate(ids[:len(live)].tolist())}
-        self.free = list(range(cap - 1, len(live) - 1, -1))
+    def set_row(self, s: int, row: np.ndarray) -> None:
+        self.pages[s // self.R][s % self.R] = row
+
+    def rows(self, slots: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+        """Rows of `slots` (in that order), all columns or only `cols`."""
+        width = self.m if cols is None else len(cols)
+        out = np.empty((len(slots), width), np.float32)
+        page = slots // self.R
+        for k in np.unique(page):
+            at = np.flatnonzero(page == k)
+            off = slots[at] % self.R
+            out[at] = self.pages[k][off] if cols is None else self.pages[k][np.ix_(off, cols)]
+        return out
 
     def drop(self, slots: np.ndarray) -> None:
         for s in slots.tolist():
             del self.slot[int(self.ids[s])]
             self.ids[s] = -1
             self.free.append(s)
-        if len(self.ids) > 64 and len(self.slot) < len(self.ids) // 4:   # give mostly empty slabs back
-            self.resize(max(16, 2 * len(self.slot)))
+        for k in np.unique(slots // self.R).tolist():   # give empty pages back
+            if self.pages[k] is not None and not (self.ids[k * self.R:(k + 1) * self.R] >= 0).any():
+                self.pages[k] = None
+                gone = set(range(k * self.R, (k + 1) * self.R))
+                self.free = [s for s in self.free if s not in gone]
 
 
 class ActivationCache:
@@ -78,7 +92,7 @@ class ActivationCache:
                 return found, None
             self._clock += 1
             slab.tick[slots[found]] = self._clock
-            return found, slab.rows[slots[found]]
+            return found, slab.rows(slots[found])
 
     def group(self, view: str, neurons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids, rows (len(ids), len(neurons))) of every cached input of `view`, group columns only."""
@@ -87,7 +101,7 @@ class ActivationCache:
             if slab is None or not slab.slot:
                 return np.empty(0, np.int64), np.empty((0, len(neurons)), np.float32)
             slots = np.flatnonzero(slab.ids >= 0)
-            return slab.ids[slots], slab.rows[np.ix_(slots, np.asarray(neurons, np.int64))]
+            return slab.ids[slots], slab.rows(slots, np.asarray(neurons, np.int64))
 
     def put(self, view: str, ids: np.ndarray, rows: np.ndarray) -> None:
         """Store rows (len(ids), m) for `view`, evicting old rows to stay within budget."""
@@ -102,19 +116,18 @@ class ActivationCache:
             if slab is None:
                 slab = self._slabs[view] = _Slab(rows.shape[1])
             row_bytes = 4 * slab.m
-            max_rows = max(1, self.max_bytes // row_bytes)
             new: dict[int, int] = {}
             for j, i in enumerate(np.asarray(ids, np.int64).tolist()):
                 if i not in slab.slot:
                     new[i] = j
-            items = list(new.items())[-max_rows:]
+            items = list(new.items())[-max(1, self.max_bytes // row_bytes):]
             excess = self.bytes + row_bytes * len(items) - self.max_bytes
             if excess > 0:
                 self._evict(excess)
             self._clock += 1
             for i, j in items:
-                s = slab.take_slot(max_rows)
-                slab.rows[s] = rows[j]
+                s = slab.take_slot()
+                slab.set_row(s, rows[j])
                 slab.ids[s] = i
                 slab.tick[s] = self._clock
                 slab.slot[i] = s
@@ -123,6 +136,8 @@ class ActivationCache:
     def _evict(self, excess: int) -> None:
         """Drop the least recently used rows (of any view) until `excess` bytes are freed."""
         names = list(self._slabs)
+        if not names:
+            return
         owner, slots, ticks, size = [], [], [], []
         for v, name in enumerate(names):
             slab = self._slabs[name]
@@ -131,8 +146,6 @@ class ActivationCache:
             slots.append(live)
             ticks.append(slab.tick[live])
             size.append(np.full(len(live), 4 * slab.m))
-        if not names:
-            return
         owner, slots, size = np.concatenate(owner), np.concatenate(slots), np.concatenate(size)
         order = np.argsort(np.concatenate(ticks), kind="stable")
         count = int(np.searchsorted(np.cumsum(size[order]), excess)) + 1

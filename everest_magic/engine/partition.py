@@ -60,27 +60,32 @@ def sample_ids(n: int, seed: int = 0) -> np.ndarray | None:
     return np.sort(np.random.default_rng(seed).choice(n, SAMPLE, replace=False))
 
 
-def cut_values(S: np.ndarray, fractions: np.ndarray) -> np.ndarray:
-    """The P-1 cut values of each row of `S` (rows sorted ascending), float32 (rows, P-1)."""
+def cut_values(S: np.ndarray, fractions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cuts (rows, P-1) float32, own_min (rows,) bool) of rows `S` (sorted ascending).
+
+    Every cut is a value of its row, except where `own_min`: there the first cut lies just
+    above the row's minimum, which gets partition 0 to itself.
+    """
     b, ns = S.shape
     P = len(fractions) - 1
     cuts = np.empty((b, max(P - 1, 0)), np.float32)
+    own_min = np.zeros(b, bool)
     if P < 2:
-        return cuts
+        return cuts, own_min
     inner = fractions[1:-1]
     rest = _rescale(fractions, P - 1)
     for i in range(b):
         s = S[i]
         z = int(np.searchsorted(s, s[0], side="right"))
         if P > 2 and z < ns and z >= max(2, fractions[1] * ns):
-            # the minimum gets a partition of its own: cut just above it
             first = np.nextafter(s[0], np.float32(np.inf), dtype=np.float32)
             ranks = z + np.round(rest * (ns - z)).astype(np.int64)
             cuts[i, 0] = first
-            cuts[i, 1:] = np.maximum(s[np.clip(ranks, 0, ns - 1)], first)
+            cuts[i, 1:] = s[np.clip(ranks, z, ns - 1)]      # all > s[0], so >= first
+            own_min[i] = True
         else:
             cuts[i] = s[np.clip(np.round(inner * ns).astype(np.int64), 0, ns - 1)]
-    return cuts
+    return cuts, own_min
 
 
 def _rescale(fractions: np.ndarray, P: int) -> np.ndarray:
@@ -110,18 +115,24 @@ def partition_block(V: np.ndarray, fractions: np.ndarray, t: int,
     b, n = V.shape
     P = len(fractions) - 1
     S = np.sort(V if sample is None else V[:, sample], axis=1)
-    cuts = cut_values(S, fractions)
+    cuts, own_min = cut_values(S, fractions)
     pids = np.empty((b, n), pid_dtype(P))
     counts = np.zeros((b, P), np.uint32)
-    lo = np.full((b, P), np.inf, np.float32)
     hi = np.full((b, P), -np.inf, np.float32)
     for s in range(0, b, rows):
         e = min(b, s + rows)
         partition_ids(V[s:e], cuts[s:e], pids[s:e])
         flat = (pids[s:e] + (P * np.arange(e - s))[:, None]).ravel()   # (row, partition) as one index
         counts[s:e] = np.bincount(flat, minlength=(e - s) * P).reshape(e - s, P)
-        np.minimum.at(lo[s:e].reshape(-1), flat, V[s:e].reshape(-1))
         np.maximum.at(hi[s:e].reshape(-1), flat, V[s:e].reshape(-1))
+    # a partition's min is its lower cut (a value of the row that falls in it), partition 0's
+    # the row's min; after an own-min cut, partition 1's min is the row's least value above it
+    lo = np.empty((b, P), np.float32)
+    lo[:, 0] = V.min(axis=1)
+    lo[:, 1:] = cuts
+    if own_min.any():
+        W = V[own_min]
+        lo[own_min, 1] = np.min(W, axis=1, where=W >= cuts[own_min, :1], initial=np.inf)
     bounds = np.stack([lo, hi], axis=-1)
     bounds[counts == 0] = np.nan
     t = min(t, n)
