@@ -190,9 +190,10 @@ def markdown(results: dict, figures: dict[str, str], img_prefix: str = "") -> st
         L.append(f"- **{wname}**: {wr['description']}; views {', '.join(f'`{v}`' for v in wr['views'])}; "
                  f"batch size {wr['batch_size']}; PreprocessAll cold reads: `{cc['method']}` ({cc['note']}).")
     cfg = results["config"]
-    Ps = ", ".join(f"{w}: {wr['build']['settings']['partitions']}" for w, wr in results["workloads"].items())
+    Ps = ", ".join(f"{v}: {i['P']}" for wr in results["workloads"].values() for v, i in wr["index"].items())
     tl = ", ".join(f"{v}: {i['t']}" for wr in results["workloads"].values() for v, i in wr["index"].items())
-    L.append(f"- engine settings: the engine's defaults: P = {Ps or '?'} (32, or 24 below 20,000 inputs), "
+    L.append(f"- engine settings: the engine's defaults: P = {Ps or '?'} (per view, the largest that fits 14% of "
+             f"float32 on a sample of its neurons), "
              f"ratio = {cfg['ratio']} (lists of t = {tl or '?'} inputs, at least 32), scheme `{cfg['scheme']}`; "
              f"torch / FAISS threads: {cfg['threads']}; k = 20; the activation cache and the index row cache "
              f"cleared before every independent query.")
@@ -516,7 +517,8 @@ def plots(results: dict, out: Path) -> dict[str, str]:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
         for i, r in enumerate(sorted(sw["rows"], key=lambda r: r["size_ratio"])):
             lbl = f"P={r['P']} r={r['ratio']}" + ("" if r["scheme"] == "tails" else f" {r['scheme']}")
-            default = (r["P"], r["ratio"], r["scheme"]) == tuple(results["defaults"])
+            d = results["defaults"]
+            default = (r["P"], r["ratio"], r["scheme"]) == (results.get("sweep_default_P"), d["ratio"], d["scheme"])
             rec = np.median([r["families"][f]["median_recomputed_pct"] for f in r["families"] if f.startswith("knn")])
             for ax, y in zip(axes, (r["median_ms"], rec)):
                 ax.scatter(100 * r["size_ratio"], y, color=COLORS["engine"] if default else "#1f77b4",

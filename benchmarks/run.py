@@ -37,7 +37,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import everest_magic as em  # noqa: E402
-from everest_magic.engine.build import DEFAULT_MIN_LIST, DEFAULT_P, DEFAULT_RATIO, DEFAULT_SCHEME  # noqa: E402
+from everest_magic.engine.build import (DEFAULT_MIN_LIST, DEFAULT_RATIO, DEFAULT_SCHEME,  # noqa: E402
+                                        P_CANDIDATES, SIZE_BUDGET)
+
+SWEEP_P = 64   # the P the engine picks for conv2 (the sweep's view); ratio varies at it
 
 import queries as QS  # noqa: E402
 import report  # noqa: E402
@@ -72,7 +75,7 @@ class Config:
     reprocess_families: list[str] = field(default_factory=lambda: ["topk-g3-rand"])
     drilldown_views: list[str] = field(default_factory=lambda: ["conv2"])
     threads: int = 1                        # torch (and FAISS) intra-op threads, see docs
-    partitions: int | None = None          # the engine's defaults (P by n: build.default_partitions)
+    partitions: int | None = None          # the engine's default: P chosen per view (build.choose_partitions)
     ratio: float = DEFAULT_RATIO
     scheme: str = DEFAULT_SCHEME
     sweep: bool = True
@@ -80,8 +83,8 @@ class Config:
     sweep_queries: int = 5
     # P in {8, 16, 32, 64} at the default ratio, and ratio 0 / 0.01 at the default P
     sweep_settings: list[tuple[int, float, str]] = field(default_factory=lambda: sorted(
-        {(P, DEFAULT_RATIO, DEFAULT_SCHEME) for P in (8, 16, 32, 64, DEFAULT_P)}
-        | {(DEFAULT_P, r, DEFAULT_SCHEME) for r in (0.0, 0.01)}))
+        {(P, DEFAULT_RATIO, DEFAULT_SCHEME) for P in (8, 16, 32, 48, 64, 128)}
+        | {(SWEEP_P, r, DEFAULT_SCHEME) for r in (0.0, 0.01)}))
     seed: int = 0
 
     @classmethod
@@ -94,7 +97,7 @@ class Config:
                    drilldown_views=["conv2", W.MINILM_VIEW],
                    minilm_batch_size=16, minilm_queries={"topk": 2, "bottomk": 2, "knn": 2}, minilm_bare_sample=None,
                    sweep_n=2000, sweep_queries=2,
-                   sweep_settings=sorted({(8, DEFAULT_RATIO, DEFAULT_SCHEME), (DEFAULT_P, DEFAULT_RATIO, DEFAULT_SCHEME)}))
+                   sweep_settings=sorted({(8, DEFAULT_RATIO, DEFAULT_SCHEME), (SWEEP_P, DEFAULT_RATIO, DEFAULT_SCHEME)}))
 
     def counts(self, workload: str) -> dict[str, int]:
         """Queries per family for a workload."""
@@ -280,7 +283,7 @@ def bench_workload(w: W.Workload, cfg: Config, out: Path, bar: Progress, created
     bar.note("")
     info = s.indexed()
     res["build"] = {"wall_seconds": build_wall, "memory": mem.as_dict(), "per_view": build_stats,
-                    "settings": {"partitions": s.partitions, "ratio": cfg.ratio, "scheme": cfg.scheme,
+                    "settings": {"partitions": {v: i.P for v, i in info.items()}, "ratio": cfg.ratio, "scheme": cfg.scheme,
                                  "min_list": s.min_list},
                     "index_file_bytes": index_path.stat().st_size}
     res["index"] = {v: {"neurons": i.m, "bytes_on_disk": i.bytes_on_disk, "full_bytes": i.full_bytes,
@@ -423,8 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results: dict = {"command": command.strip(), "config": asdict(cfg), "machine": machine_info(),
-                     "defaults": [DEFAULT_P, DEFAULT_RATIO, DEFAULT_SCHEME, DEFAULT_MIN_LIST],
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "workloads": {}}
+                     "defaults": {"P_candidates": list(P_CANDIDATES), "size_budget": SIZE_BUDGET, "ratio": DEFAULT_RATIO,
+                                  "scheme": DEFAULT_SCHEME, "min_list": DEFAULT_MIN_LIST},
+                     "sweep_default_P": SWEEP_P, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "workloads": {}}
     if a.skip_minilm:
         results["skipped"] = ["minilm (--skip-minilm)"]
     bar = Progress(planned_steps(cfg), enabled=not a.no_progress)

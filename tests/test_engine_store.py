@@ -220,3 +220,21 @@ def test_lazy_build_on_first_query(digits_cnn, tmp_path):
     r = s.topk("conv2:max", [3], k=4)
     assert "conv2:max" in s.indexed() and len(r.ids) == 4
     s.close()
+
+
+def test_partitions_default_to_the_largest_that_fit_the_size_budget(digits_cnn, tmp_path):
+    from everest_magic.engine.build import P_CANDIDATES
+    model, x, _ = digits_cnn
+    s = em.Session(model, x, index=tmp_path / "auto.h5")
+    s.build_index(["conv1", "fc1"], wait=True)
+    for v, info in s.indexed().items():
+        assert info.P in P_CANDIDATES and info.build["partitions"] == "auto"
+        assert info.size_ratio <= 0.15, (v, info.P, info.size_ratio)
+        assert 0.8 * info.size_ratio < info.build["estimated_size_ratio"] < 1.5 * info.size_ratio   # conservative
+    Ps = []
+    for budget in (0.08, 0.3):
+        with em.Session(model, x, index=tmp_path / f"b{budget}.h5", size_budget=budget) as b:
+            b.build_index(["conv1"], wait=True)
+            Ps.append(b.indexed()["conv1"].P)
+    assert Ps[0] < s.indexed()["conv1"].P < Ps[1]
+    s.close()

@@ -68,7 +68,7 @@ def test_a_batch_size_dependent_model_recomputes_in_full_batches_only(digits_cnn
     s.close()
 
 
-def test_walk_starts_with_a_small_batch_and_doubles(session, monkeypatch):
+def test_walk_batches_follow_the_measured_batch_cost(session, monkeypatch):
     sizes = []
     real = session.runner.views
 
@@ -82,10 +82,14 @@ def test_walk_starts_with_a_small_batch_and_doubles(session, monkeypatch):
     sizes.clear()
     group = np.argsort(-A[1000])[:10]
     r = session.knn(1000, "conv1", group, k=20)
-    assert sizes[0] == session.batch_sizes("conv1")[0]           # the target alone, smallest safe batch
-    walk = sizes[1:]
-    assert walk[0] == 8 and all(b in session.batch_sizes("conv1") for b in walk)
-    assert r.stats.batches == len(sizes)
+    safe = session.batch_sizes("conv1")
+    assert sizes[0] == safe[0]           # the target alone, in the smallest safe batch
+    assert sizes[1:] and all(b in safe for b in sizes[1:]) and r.stats.batches == len(sizes)
+    c0, c1 = session._costs["conv1"]
+    steps = session.walk_steps("conv1")
+    plan = [next(steps) for _ in range(8)]
+    first = next(b for b in safe + (10**9,) if b >= np.sqrt(64 * c0 / c1))
+    assert plan[0] == min(first, safe[-1]) and plan == sorted(plan) and plan[-1] == safe[-1]
 
 
 def test_single_valued_partitions_answer_relu_bottomk_without_the_model(session):
@@ -159,4 +163,16 @@ def test_non_finite_activations_are_refused_and_leave_no_view(digits_cnn, tmp_pa
     with pytest.raises(em.QueryError, match=r"view 'out': neuron 0 has NaN or infinite activations"):
         s.build_index("out", wait=True).result()
     assert s.indexed() == {} and not list(tmp_path.glob("*.partial-*"))
+    s.close()
+
+
+def test_a_query_during_the_build_of_its_view_waits_for_it(digits_cnn, tmp_path):
+    """A lazy query for a view being built uses that build instead of building it again."""
+    model, x, _ = digits_cnn
+    s = em.Session(model, x, index=tmp_path / "b.h5", batch_size=32)
+    job = s.build_index("conv2")
+    r = s.topk("conv2", [3], k=5)
+    job.result(120)
+    batches = -(-s.n // 32)
+    assert len(r.ids) == 5 and s.runner.forward_passes < 1.5 * batches
     s.close()

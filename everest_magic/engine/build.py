@@ -27,16 +27,42 @@ from .partition import cut_fractions, partition_block, sample_ids
 from .store import HDF5_LOCK, IndexStore, compress_rows
 from .views import View
 
-DEFAULT_P = 32          # partitions when n >= SMALL_N (the sweep in docs/benchmarks.md)
-SMALL_P, SMALL_N = 24, 20_000   # fewer below: per-neuron overhead weighs more on a small n
+# P is chosen per view: the largest candidate whose index, measured on a sample of the view's
+# neurons, fits SIZE_BUDGET of the float32 materialisation (more partitions: tighter bounds,
+# fewer inputs recomputed; see the sweep in docs/benchmarks.md)
+P_CANDIDATES = (64, 48, 40, 32, 28, 24, 20, 16, 12, 8, 4)
+SIZE_BUDGET = 0.14
+P_SAMPLE = 64          # neurons the choice is measured on
 DEFAULT_RATIO = 0.002
 DEFAULT_MIN_LIST = 32   # top and bottom lists hold at least this many inputs (small datasets)
 DEFAULT_SCHEME = "tails"
 
 
-def default_partitions(n: int) -> int:
-    """P for a view over n inputs: 32, or 24 below 20,000 inputs (keeps dense layers <= 15%)."""
-    return DEFAULT_P if n >= SMALL_N else SMALL_P
+def choose_partitions(V: np.ndarray, t: int, scheme: str, sample: np.ndarray | None,
+                      budget: float = SIZE_BUDGET) -> tuple[int, float]:
+    """(P, estimated index size / float32 size) for neurons like the rows of `V` (sampled
+    neurons, (rows, n)): the largest of P_CANDIDATES that fits `budget` (else the smallest).
+
+    The estimate compresses the sample's partition ids and adds what the other arrays take a
+    neuron: bounds 8 P bytes, extreme lists about 10 t bytes.
+    """
+    n = V.shape[1]
+
+    def size(P: int) -> float:
+        pids = partition_block(V, cut_fractions(P, scheme), 0, sample)["pids"]
+        per_neuron = sum(len(c) for c in compress_rows(pids)) / len(V)
+        return (per_neuron + 8 * P + 10 * t) / (4 * n)
+
+    lo, hi = 0, len(P_CANDIDATES) - 1       # candidates fall; sizes fall with them: bisect
+    best = (P_CANDIDATES[-1], size(P_CANDIDATES[-1]))
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        r = size(P_CANDIDATES[mid])
+        if r <= budget:
+            best, hi = (P_CANDIDATES[mid], r), mid - 1
+        else:
+            lo = mid + 1
+    return best
 
 
 def list_length(n: int, ratio: float, min_list: int = DEFAULT_MIN_LIST) -> int:
@@ -112,13 +138,20 @@ class _Activations:
 
     def neurons(self, start: int, stop: int) -> np.ndarray:
         """Activations (stop - start, n) of a block of neurons."""
+        return self.rows(slice(start, stop))
+
+    def rows(self, which: slice | np.ndarray) -> np.ndarray:
+        """Activations (neurons, n) of a slice or an ascending array of neuron ids."""
         if self.in_ram:
-            out = np.empty((stop - start, self.n), np.float32)
+            width = len(range(self.m)[which]) if isinstance(which, slice) else len(which)
+            out = np.empty((width, self.n), np.float32)
             for k, slab in enumerate(self.slabs):
-                out[:, k * SLAB_INPUTS:k * SLAB_INPUTS + slab.shape[1]] = slab[start:stop]
+                out[:, k * SLAB_INPUTS:k * SLAB_INPUTS + slab.shape[1]] = slab[which]
             return out
         with HDF5_LOCK:
-            return self.data[start:stop]
+            if isinstance(which, slice):
+                return self.data[which]
+            return np.stack([self.data[int(j)] for j in which])
 
     def close(self) -> None:
         if not self.in_ram:
@@ -128,24 +161,31 @@ class _Activations:
         self.slabs = self.data = None
 
 
+def _check_finite(V: np.ndarray, neurons: np.ndarray, view: str) -> None:
+    finite = np.isfinite(V).all(axis=1)
+    if not finite.all():
+        bad = int(neurons[np.flatnonzero(~finite)[0]])
+        raise QueryError(f"view {view!r}: neuron {bad} has NaN or infinite activations; the index needs "
+                         "finite values (check the model's outputs or pick another layer)")
+
+
 def _block_arrays(acts: _Activations, start: int, stop: int, fractions: np.ndarray, t: int,
                   sample: np.ndarray | None, view: str) -> dict:
     """One block's index arrays with compressed partition ids (runs on a worker thread)."""
     V = acts.neurons(start, stop)
-    finite = np.isfinite(V).all(axis=1)
-    if not finite.all():
-        bad = start + int(np.flatnonzero(~finite)[0])
-        raise QueryError(f"view {view!r}: neuron {bad} has NaN or infinite activations; the index needs "
-                         "finite values (check the model's outputs or pick another layer)")
+    _check_finite(V, np.arange(start, stop), view)
     arrays = partition_block(V, fractions, t, sample)
     arrays["pids"] = compress_rows(arrays["pids"])
     return arrays
 
 
 def build_views(runner: Runner, store: IndexStore, views: list[View], job: Job | None = None,
-                partitions: int = DEFAULT_P, ratio: float = DEFAULT_RATIO, scheme: str = DEFAULT_SCHEME,
-                memory_budget: int = 4 << 30, min_list: int = DEFAULT_MIN_LIST) -> dict:
-    """Build (or rebuild) `views` into the index in one inference pass; return build stats."""
+                partitions: int | None = None, ratio: float = DEFAULT_RATIO, scheme: str = DEFAULT_SCHEME,
+                memory_budget: int = 4 << 30, min_list: int = DEFAULT_MIN_LIST,
+                size_budget: float = SIZE_BUDGET) -> dict:
+    """Build (or rebuild) `views` into the index in one inference pass; return build stats.
+
+    `partitions=None` chooses P per view (`choose_partitions` with `size_budget`)."""
     t0 = time.perf_counter()
     n = runner.data.n
     shapes = runner.view_shapes(views)
@@ -176,7 +216,6 @@ def build_views(runner: Runner, store: IndexStore, views: list[View], job: Job |
         t_inf = time.perf_counter() - t0
         # 2. partitions and top lists, a block of neurons at a time, on worker threads
         writer = store.writer()
-        fractions = cut_fractions(partitions, scheme)
         t = list_length(n, ratio, min_list)
         sample = sample_ids(n)
         done = n
@@ -185,7 +224,14 @@ def build_views(runner: Runner, store: IndexStore, views: list[View], job: Job |
         block = int(max(1, min(256, (memory_budget // 4) // max(per_neuron, 1))))
         for v, shape, m, a in zip(views, shapes, ms, acts):
             tv = time.perf_counter()
-            g = writer.create_view(v.name, v.definition(), shape, m, n, partitions, scheme, fractions, ratio, t)
+            P, estimate = partitions, None
+            if P is None:
+                probe = np.unique(np.linspace(0, m - 1, min(m, P_SAMPLE)).astype(np.int64))
+                V = a.rows(probe)
+                _check_finite(V, probe, v.name)
+                P, estimate = choose_partitions(V, t, scheme, sample, size_budget)
+            fractions = cut_fractions(P, scheme)
+            g = writer.create_view(v.name, v.definition(), shape, m, n, P, scheme, fractions, ratio, t)
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 pending = []   # at most `workers` blocks ahead of the writer, to bound memory
                 for start in range(0, m, block):
@@ -201,6 +247,8 @@ def build_views(runner: Runner, store: IndexStore, views: list[View], job: Job |
                      "memory_budget": memory_budget, "activation_bytes": total_bytes,
                      "batch_size": runner.batch_size, "device": str(runner.device), "n": n,
                      "cut_sample": 0 if sample is None else len(sample), "min_list": min_list,
+                     "partitions": "auto" if partitions is None else partitions, "size_budget": size_budget,
+                     "estimated_size_ratio": estimate,
                      "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
             writer.finish_view(g, build)
             stats[v.name] = build

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from . import query as Q
-from .build import DEFAULT_MIN_LIST, DEFAULT_RATIO, DEFAULT_SCHEME, build_views, default_partitions
+from .build import DEFAULT_MIN_LIST, DEFAULT_RATIO, DEFAULT_SCHEME, SIZE_BUDGET, build_views
 from .cache import ActivationCache
 from .data import Collate, DataAdapter
 from .errors import QueryError, UnknownNameError
@@ -22,7 +23,7 @@ from .store import IndexStore, ViewInfo
 from .views import REDUCTIONS, View, ViewFn
 
 NeuronSpec = Any  # int, tuple of ints, or a sequence of those
-FIRST_STEP = 8    # the threshold walk's first recompute batch; it doubles up to batch_size
+WALK_NEED = 32    # inputs a typical threshold walk recomputes (sizes its first batch)
 
 
 class Session:
@@ -36,10 +37,11 @@ class Session:
     `batch_size`; views are built lazily on their first query unless `lazy=False`.
     An index built for other weights or other data is refused; `rebuild=True` discards it.
 
-    Index settings: `partitions` (P; default 32, or 24 below 20,000 inputs), `ratio` (top
-    and bottom lists of ceil(ratio * n) inputs, at least `min_list`), `scheme` ("tails" or
-    "equi"). Caches: `cache_bytes` of recomputed activations, `index_cache_bytes` of
-    decoded index rows.
+    Index settings: `partitions` (P; default: per view, the largest of 64, 48, ... 4 whose
+    index fits `size_budget` (0.14) of the view's float32 size, measured on a sample of its
+    neurons), `ratio` (top and bottom lists of ceil(ratio * n) inputs, at least `min_list`),
+    `scheme` ("tails" or "equi"). Caches: `cache_bytes` of recomputed activations,
+    `index_cache_bytes` of decoded index rows.
     """
 
     def __init__(self, model: torch.nn.Module, data: Any, index: str | os.PathLike | None = None, *,
@@ -47,7 +49,8 @@ class Session:
                  forward: Forward | None = None, device: str = "auto", batch_size: int = 64,
                  memory_budget: int = 4 << 30, cache_bytes: int = 512 << 20,
                  partitions: int | None = None, ratio: float = DEFAULT_RATIO, scheme: str = DEFAULT_SCHEME,
-                 min_list: int = DEFAULT_MIN_LIST, index_cache_bytes: int = 64 << 20,
+                 min_list: int = DEFAULT_MIN_LIST, size_budget: float = SIZE_BUDGET,
+                 index_cache_bytes: int = 64 << 20,
                  tolerance: float = 1e-5, lazy: bool = True, rebuild: bool = False,
                  data_fingerprint: str | None = None, name: str = "default", jobs: JobManager | None = None):
         if not isinstance(model, torch.nn.Module):
@@ -65,7 +68,7 @@ class Session:
         self.runner = Runner(model, self.data, device=device, batch_size=batch_size, forward=forward)
         self.cache = ActivationCache(cache_bytes)
         self.memory_budget = memory_budget
-        self.partitions = partitions or default_partitions(self.n)
+        self.partitions, self.size_budget = partitions, float(size_budget)
         self.ratio, self.scheme, self.min_list = ratio, scheme, int(min_list)
         self.tolerance = tolerance
         self.lazy = lazy
@@ -80,9 +83,11 @@ class Session:
         self.store = IndexStore(self.index_path, self.model_fingerprint, self.data.fingerprint(), self.n,
                                 cache_bytes=index_cache_bytes)
         self._sizes: dict[str, tuple[int, ...]] = {}
+        self._costs: dict[str, tuple[float, float]] = {}   # view -> seconds a batch = c0 + c1 * size
         self._custom: dict[str, View] = {}
         self._model_lock = threading.RLock()
-        self._build_lock = threading.Lock()
+        self._build_lock = threading.RLock()
+        self._builds: dict[str, Job] = {}   # view -> the latest background build that makes it
         self._own_jobs = jobs is None
         self.jobs = jobs or JobManager()
         self.history: list[Result] = []
@@ -140,7 +145,7 @@ class Session:
         P = partitions or self.partitions
         r = self.ratio if ratio is None else ratio
         sch = scheme or self.scheme
-        if not 1 <= P <= 65535:
+        if P is not None and not 1 <= P <= 65535:
             raise QueryError("partitions must be between 1 and 65535")
         if not 0 <= r <= 1:
             raise QueryError("ratio must be between 0 and 1")
@@ -149,7 +154,8 @@ class Session:
             with self._build_lock:
                 runner = _LockedRunner(self.runner, self._model_lock)
                 stats = build_views(runner, self.store, vs, job, partitions=P, ratio=r, scheme=sch,
-                                    memory_budget=self.memory_budget, min_list=self.min_list)
+                                    memory_budget=self.memory_budget, min_list=self.min_list,
+                                    size_budget=self.size_budget)
             for v in vs:   # settle the query batch sizes now, in the background
                 self.batch_sizes(v.name)
             return stats
@@ -159,7 +165,10 @@ class Session:
             job = Job(work, desc, start=False)
             job.run_here()
             return job
-        return self.jobs.submit(work, desc, queue_name=f"{self.runner.device}/index")
+        job = self.jobs.submit(work, desc, queue_name=f"{self.runner.device}/index")
+        for v in vs:
+            self._builds[v.name] = job
+        return job
 
     def submit(self, fn, description: str = "") -> Job:
         """Run `fn(job)` on the session's model queue (a background thread); returns the Job."""
@@ -171,7 +180,12 @@ class Session:
         if v.name not in self.store.views:
             if not self.lazy:
                 raise QueryError(f"view {v.name!r} is not indexed; run session.build_index([{v.name!r}])")
-            self.build_index([v.name], wait=True)
+            pending = self._builds.get(v.name)
+            if pending is not None:   # a build in the background makes it: wait for that one
+                pending.wait()
+            with self._build_lock:
+                if v.name not in self.store.views:   # none, or it failed or was cancelled
+                    self.build_index([v.name], wait=True)
         return self.store.view(v.name)
 
     # -- activations ------------------------------------------------------------------------
@@ -179,35 +193,46 @@ class Session:
         """Batch sizes (ascending, the last is `batch_size`) that give a view's activations bit
         for bit as the full batch does; queries recompute in these. Checked once per view on
         real inputs: the same rows computed in a full batch and in batches of B/2, B/4, ... 1
-        (down to the first size that differs)."""
+        (down to the first size that differs). The same runs time a batch of each size."""
         v = self.view(view)
         if v.name not in self._sizes:
-            self._sizes[v.name] = self._locked(self._check_sizes, v)
+            self._sizes[v.name], self._costs[v.name] = self._locked(self._check_sizes, v)
         return self._sizes[v.name]
 
-    def _check_sizes(self, v: View) -> tuple[int, ...]:
+    def _check_sizes(self, v: View) -> tuple[tuple[int, ...], tuple[float, float]]:
         B = self.runner.batch_size
         ids = np.random.default_rng(0).permutation(self.n)[:B]
-        ref = self.runner.views([v], ids, B)[0].view(np.uint32)
-        ok = [B]
+        ref, t = _timed(self.runner.views, [v], ids, B)
+        ref = ref[0].view(np.uint32)
+        ok, timings = [B], [(B, t)]
         size = 1 << ((B - 1).bit_length() - 1) if B > 1 else 0   # the largest power of two below B
         while size >= 1:
             c = min(len(ids), max(2 * size, 8))
-            got = self.runner.views([v], ids[:c], size)[0].view(np.uint32)
-            if not np.array_equal(got, ref[:c]):
+            got, t = _timed(self.runner.views, [v], ids[:c], size)
+            timings.append((size, t / -(-c // size)))
+            if not np.array_equal(got[0].view(np.uint32), ref[:c]):
                 break
             ok.append(size)
             size //= 2
-        return tuple(sorted(ok))
+        return tuple(sorted(ok)), _batch_cost(timings)
 
     def walk_steps(self, view: str):
-        """Recompute batch sizes of a threshold walk: FIRST_STEP (or the smallest safe size
-        above it), doubling up to batch_size."""
+        """Recompute batch sizes of a threshold walk. It starts at the batch that balances a
+        batch's fixed cost against the inputs it may recompute for nothing (sqrt(2 N c0 / c1)
+        for N = 32 needed inputs, a batch costing c0 + c1 * size), then takes half of what it
+        has recomputed so far (so at most a third is wasted), in the sizes `batch_sizes` allows."""
         sizes = self.batch_sizes(view)
-        step = next((x for x in sizes if x >= FIRST_STEP), sizes[-1])
+        c0, c1 = self._costs.get(self.view(view).name, (0.0, 1.0))
+
+        def fit(x: float) -> int:
+            return next((b for b in sizes if b >= x), sizes[-1])
+
+        first = fit(np.sqrt(2 * WALK_NEED * c0 / max(c1, 1e-12)))
+        done, step = 0, first
         while True:
             yield step
-            step = min(2 * step, sizes[-1])
+            done += step
+            step = fit(max(first, done / 2))
 
     def fetch(self, view: str, ids: np.ndarray, stats: QueryStats | None = None) -> np.ndarray:
         """Activations (len(ids), m) of a view, from the cache or recomputed in batches."""
@@ -428,6 +453,21 @@ class Session:
     def __repr__(self) -> str:
         return (f"<Session {self.name!r}: {type(self.runner.model).__name__} on {self.runner.device}, "
                 f"{self.n} inputs, index {str(self.index_path)!r} ({len(self.store.views)} views)>")
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def _batch_cost(timings: list[tuple[int, float]]) -> tuple[float, float]:
+    """(c0, c1): a least-squares fit of seconds a batch = c0 + c1 * size (both >= 0)."""
+    b, t = np.array(timings, np.float64).T
+    if len(set(b.tolist())) < 2:
+        return 0.0, max(float(t.mean()), 1e-9) / max(float(b.mean()), 1.0)
+    c1, c0 = np.polyfit(b, t, 1)
+    return max(float(c0), 0.0), max(float(c1), 1e-9)
 
 
 class _LockedRunner:
