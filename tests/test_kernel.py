@@ -83,3 +83,19 @@ def test_user_error_is_one_line_with_position(kernel):
     text = text_of(r)
     assert "UsageError" in text and "line 2, column 7" in text and "did you mean 'conv2'" in text
     assert "Traceback" not in text
+
+
+def test_inspect_runs_in_background_and_its_table_arrives(kernel):
+    start = len(kernel.iopub)
+    r = kernel.run("%%everest inspect -o sc\nlayer fc1\nhypotheses class, ink\nmeasures pearson, auroc")
+    assert r.status == "ok", r.error
+    kernel.wait_for("type(sc).__name__ == 'DataFrame'", 300)
+    assert kernel.value("sorted(set(sc.hypothesis))") == "['class', 'ink']"
+    kernel.drain(1.0)
+    msgs = kernel.iopub[start:]
+    # the job's thread replaced the progress bar by the ranked table: new widget models were
+    # opened and the box's children were updated, after the cell had ended
+    opened = [m for m in msgs if m["msg_type"] == "comm_open"]
+    children = comm_updates(msgs, "children")
+    assert children and len(opened) > 10, (len(children), len(opened))
+    assert any("Tab" in str(m["content"]["data"].get("state", {}).get("_model_name", "")) for m in opened)

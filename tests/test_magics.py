@@ -139,3 +139,32 @@ def test_history_records_queries(ip):
     hist = kernel_state().history
     assert any(h.text.startswith("%%everest topk 12 -o top") for h in hist)
     assert all(h.status in ("done", "running", "failed", "cancelled") for h in hist)
+
+
+def test_inspect_magic_scores_units_like_the_python_api(ip):
+    from everest_magic.inspect import run_inspect
+    ip.user_ns["parity"] = (ip.user_ns["labels"] % 2).astype(bool)
+    cell(ip, "inspect -o sc --wait", "layer fc1, conv2:mean\nhypotheses class, ink, {parity}\n"
+                                     "measures pearson, auroc\nearly_stop false\nmax_inputs none")
+    frame = ip.user_ns["sc"]
+    assert set(frame.hypothesis) == {"class", "ink", "parity"} and set(frame.layer) == {"fc1", "conv2:mean"}
+    s = session(ip)
+    same = run_inspect(s, ["fc1", "conv2:mean"], {"class": "class", "ink": "ink", "parity": ip.user_ns["parity"]},
+                       ["pearson", "auroc"], early_stop=False, max_inputs=None)
+    key = ["layer", "unit", "hypothesis", "label", "measure"]
+    a = frame.sort_values(key).reset_index(drop=True)
+    b = same.sort_values(key).reset_index(drop=True)
+    np.testing.assert_allclose(a.score.to_numpy(), b.score.to_numpy(), equal_nan=True)
+    entry = __import__("everest_magic.magics", fromlist=["x"]).kernel_state().history[-1]
+    assert entry.kind == "inspect" and entry.text.startswith("%%everest inspect")
+
+
+@pytest.mark.parametrize("body, match", [
+    ("layer fc1\nhypotheses inkk", r"line 3, column 12: unknown hypothesis 'inkk'.*did you mean 'ink'"),
+    ("layer fc2x\nhypotheses ink", r"line 2, column 7: unknown layer 'fc2x'"),
+    ("layer fc1\nhypotheses ink\nmeasures pearsn", r"line 4, column 10: unknown measure 'pearsn'.*'pearson'"),
+    ("layer fc1\nhypotheses ink\nepsilonn 0.1", r"line 4, column 1: unknown keyword 'epsilonn'.*'epsilon'"),
+])
+def test_inspect_magic_errors_point_at_the_culprit(ip, body, match):
+    with pytest.raises(UsageError, match=match):
+        cell(ip, "inspect --wait", body)

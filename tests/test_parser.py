@@ -11,6 +11,7 @@ from everest_magic.magics.parser import (
     StatusCommand, TopOfInput, UseCommand, Weights, expand_neurons, expand_weights, help_text,
     parse_cell, resolve,
 )
+from everest_magic.magics import parser as P
 
 
 def q(kind="topk", k=10, layer="conv2", neurons=None, **kw) -> QueryCommand:
@@ -334,3 +335,31 @@ def _mutated(draw):
 @given(_mutated())
 def test_mutated_examples_never_crash(example):
     _parse_or_syntax_error(*example)
+
+
+def test_inspect_command_parses_every_line():
+    c = P.parse_cell("inspect -o sc --wait in session s2",
+                     "layers conv2:mean, fc1\nhypotheses class, ink, keyword:return|yield, {y % 2}\n"
+                     "measures pearson auroc\nunits 0:4\nepsilon 0.1\npatience none\nmax_inputs 5000\n"
+                     "early_stop false\nseed 0\ntokenizer {tok}\nwhere labels != 3")
+    assert isinstance(c, P.InspectCommand)
+    assert c.views == ["conv2:mean", "fc1"] and c.hypotheses[:3] == ["class", "ink", "keyword:return|yield"]
+    assert isinstance(c.hypotheses[3], P.Expr) and c.hypotheses[3].text == "y % 2"
+    assert c.measures == ["pearson", "auroc"] and c.units == P.NeuronList([P.Range(0, 4, 1)])
+    assert c.options == {"epsilon": 0.1, "patience": None, "max_inputs": 5000, "early_stop": False, "seed": 0}
+    assert isinstance(c.tokenizer, P.Expr) and c.filter == P.Filter("labels", "!=", 3)
+    assert (c.output, c.wait, c.session) == ("sc", True, "s2")
+
+
+@pytest.mark.parametrize("body, where", [
+    ("hypotheses ink", (1, 1)),                       # no layer line
+    ("layer fc1", (1, 1)),                            # no hypotheses line
+    ("layer fc1\nhypotheses ink\ntop 0", (4, 5)),
+    ("layer fc1\nhypotheses ink\nmeasures {m}", (4, 10)),
+    ("layer fc1\nhypotheses ink\nbins x", (4, 6)),
+    ("layer fc1\nlayer fc1\nhypotheses ink", (3, 1)),
+])
+def test_inspect_errors_have_positions(body, where):
+    with pytest.raises(P.QuerySyntaxError) as e:
+        P.parse_cell("inspect", body)
+    assert (e.value.line, e.value.column) == where

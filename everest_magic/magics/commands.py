@@ -270,6 +270,49 @@ def _summary(job) -> str:
     return f"{len(r.ids)} results, {r.stats.inputs_recomputed} recomputed, {1000 * r.stats.seconds:.0f} ms"
 
 
+# -- inspect ------------------------------------------------------------------------------------
+
+INSPECT_ERROR_AT = (("hypothes", "hypotheses"), ("measure", "measures"), ("tokenizer", "tokenizer"),
+                    ("unit", "units"), ("layer", "layer"), ("view", "layer"), ("filter", "where"))
+
+
+def do_inspect(cmd: P.InspectCommand, ctx: Context) -> Any:
+    """Units of views x hypotheses x measures, as a background job (see everest_magic.inspect)."""
+    from ..inspect import inspect_job
+    state = ctx.state
+    s = state.session(cmd.session)
+    views = [str(P.resolve(v, ctx.ns)) for v in cmd.views]
+    hyps: dict[str, Any] = {}
+    for h in cmd.hypotheses:
+        name = h.text if isinstance(h, P.Expr) else str(h)
+        hyps[name] = P.resolve(h, ctx.ns) if isinstance(h, P.Expr) else str(h)
+    options = {k: P.resolve(v, ctx.ns) for k, v in cmd.options.items()}
+    if cmd.units is not None:
+        options["units"] = P.expand_neurons(cmd.units, ctx.ns)
+    if cmd.tokenizer is not None:
+        options["tokenizer"] = P.resolve(cmd.tokenizer, ctx.ns)
+    if cmd.filter is not None:
+        options["filter"] = _filter_mask(cmd.filter, s, ctx.ns, cmd.text)
+    try:
+        job = inspect_job(s, views, hyps, cmd.measures or "auto", **options)
+    except EverestError as e:
+        word = str(e).lower()
+        key = next((k for needle, k in INSPECT_ERROR_AT if needle in word), "inspect")
+        raise positioned(e, cmd.text, key) from e
+    entry = state.record(cmd.text, "inspect", s.name, job.id)
+    job.on_change(lambda j: j.is_done() and state.finish(
+        entry, j.status, f"{len(j.result())} scores" if j.status == "done" else str(j.error or j.status)))
+    if cmd.output:
+        ctx.ns[cmd.output] = PendingResult(job, ctx.ns, cmd.output)
+    from .show import inspect_widget
+    if cmd.wait:
+        frame = job.result()
+        if cmd.output:
+            ctx.ns[cmd.output] = frame
+    inspect_widget(job, s, ctx.display)
+    return None
+
+
 # -- jobs / cancel / status / help -------------------------------------------------------------
 
 def do_jobs(cmd: P.JobsCommand, ctx: Context) -> Any:
@@ -317,6 +360,7 @@ DISPATCH: dict[type, Callable[[Any, Context], Any]] = {
     P.LayersCommand: do_layers,
     P.IndexCommand: do_index,
     P.QueryCommand: do_query,
+    P.InspectCommand: do_inspect,
     P.JobsCommand: do_jobs,
     P.CancelCommand: do_cancel,
     P.StatusCommand: do_status,

@@ -47,9 +47,9 @@ except ImportError:  # the parser works without the engine
 __all__ = [
     "parse_cell", "resolve", "expand_neurons", "expand_weights", "help_text", "QuerySyntaxError",
     "EverestError", "Command", "UseCommand", "LayersCommand", "IndexCommand", "QueryCommand",
-    "JobsCommand", "CancelCommand", "StatusCommand", "HelpCommand", "Expr", "Name", "Range",
+    "JobsCommand", "CancelCommand", "StatusCommand", "HelpCommand", "InspectCommand", "Expr", "Name", "Range",
     "NeuronList", "Channels", "TopOfInput", "Filter", "Weights", "VERBS", "QUERY_VERBS",
-    "KEYWORDS", "AGGREGATIONS", "METRICS", "USE_OPTIONS", "HELP",
+    "KEYWORDS", "AGGREGATIONS", "METRICS", "USE_OPTIONS", "INSPECT_OPTIONS", "HELP",
 ]
 
 
@@ -197,6 +197,27 @@ class QueryCommand(Command):
 
 
 @dataclass(frozen=True)
+class InspectCommand(Command):
+    """``inspect``: score the units of ``views`` against ``hypotheses`` with ``measures``.
+
+    ``views`` and ``hypotheses`` are lists of str | Expr (a hypothesis word is a built-in name
+    such as ``ink`` or ``keyword:return|yield``); ``measures`` a list of names or None
+    (auto); ``units`` a NeuronList or None (all); ``options`` maps an option of
+    ``INSPECT_OPTIONS`` to its value; ``tokenizer`` an Expr or None."""
+    views: list
+    hypotheses: list
+    measures: list | None = None
+    units: Any = None
+    options: dict = field(default_factory=dict)
+    tokenizer: Any = None
+    filter: Filter | None = None
+    output: str | None = None
+    wait: bool = False
+    session: str | None = None
+    text: str = field(default="", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class JobsCommand(Command):
     """``jobs``: list background jobs."""
     text: str = field(default="", compare=False, repr=False)
@@ -223,7 +244,7 @@ class HelpCommand(Command):
 
 
 # -- vocabulary -----------------------------------------------------------------------------
-VERBS = ("use", "layers", "index", "topk", "bottomk", "knn", "jobs", "cancel", "status", "help")
+VERBS = ("use", "layers", "index", "topk", "bottomk", "knn", "inspect", "jobs", "cancel", "status", "help")
 QUERY_VERBS = ("topk", "bottomk", "knn")
 AGGREGATIONS = ("sum", "mean", "max", "l2")
 METRICS = ("l2", "l1", "linf", "cosine")
@@ -234,6 +255,13 @@ KEYWORDS = {
     "knn": ("target", "layer", "neurons", "channels", "metric", "include", "where", "session"),
 }
 _ALL_KEYWORDS = ("layer", "neurons", "channels", "by", "metric", "target", "include", "where", "session")
+# inspect: option lines and their value types (None allowed where marked "?")
+INSPECT_OPTIONS = {"epsilon": "float", "confidence": "float", "q": "float", "holdout": "float", "top": "int",
+                   "patience": "int?", "min_inputs": "int", "max_inputs": "int?", "bins": "int", "seed": "int0",
+                   "early_stop": "bool", "chunk": "int?"}
+_INSPECT_KEYWORDS = ("layer", "hypotheses", "measures", "units", "tokenizer", "where", "session") + tuple(INSPECT_OPTIONS)
+_INSPECT_ALIASES = {"layers": "layer", "views": "layer", "view": "layer", "hypothesis": "hypotheses",
+                    "measure": "measures", "unit": "units"}
 _OTHER_VERB_HINT = {"by": "metric", "metric": "by"}
 USE_OPTIONS = {
     "model": "name", "data": "name", "labels": "name", "collate": "name", "forward": "name",
@@ -456,6 +484,8 @@ def parse_cell(line: str, cell: str | None = None) -> Command:
         raise _error(verb_tok, what, _suggest(verb, VERBS))
     if verb in QUERY_VERBS:
         return _parse_query(verb_tok, _Stream(head[1:], verb_tok), body, text)
+    if verb == "inspect":
+        return _parse_inspect(verb_tok, _Stream(head[1:], verb_tok), body, text)
     args = _Stream(head[1:] + [tok for toks in body for tok in toks], verb_tok)
     return _SIMPLE_PARSERS[verb](args, verb_tok, text)
 
@@ -793,6 +823,90 @@ _BODY_PARSERS = {
 }
 
 
+# -- inspect --------------------------------------------------------------------------------
+def _parse_inspect(verb_tok: _Token, head: _Stream, body: list[list[_Token]], text: str) -> InspectCommand:
+    positional, opts = _line_options(head, ("output", "wait", "session"))
+    if positional:
+        raise _error(positional[0], f"unexpected {positional[0].text!r} after 'inspect'; "
+                                    "keyword lines (layer, hypotheses, measures...) go in the cell body")
+    found: dict[str, tuple[_Token, Any]] = {}
+    for tokens in body:
+        s = _Stream(tokens, tokens[0])
+        kw_tok = s.next()
+        kw = kw_tok.word()
+        if kw == "in" and s.peek_word("session"):
+            s.next()
+            kw = "session"
+        kw = _INSPECT_ALIASES.get(kw, kw)
+        if kw not in _INSPECT_KEYWORDS:
+            what = f"unknown keyword {kw_tok.text!r}" if kw else f"expected a keyword, got {kw_tok.text!r}"
+            raise _error(kw_tok, what + " in inspect", _suggest(kw, _INSPECT_KEYWORDS))
+        if kw in found:
+            raise _error(kw_tok, f"duplicate {kw!r} line (first given on line {found[kw][0].line})")
+        found[kw] = (kw_tok, _inspect_value(s, kw_tok, kw))
+        s.finish(f"in the {kw!r} line")
+    for key in ("layer", "hypotheses"):
+        if key not in found:
+            raise _error(verb_tok, f"inspect needs a {key!r} line, e.g. "
+                                   + ("'layer conv2:mean, fc1'" if key == "layer" else "'hypotheses class, ink'"))
+    if "session" in found and "session" in opts:
+        raise _error(found["session"][0], "the session is already given on the magic line")
+
+    def get(key: str, default: Any = None) -> Any:
+        return found[key][1] if key in found else default
+
+    options = {k: found[k][1] for k in INSPECT_OPTIONS if k in found}
+    return InspectCommand(views=get("layer"), hypotheses=get("hypotheses"), measures=get("measures"),
+                          units=get("units"), options=options, tokenizer=get("tokenizer"), filter=get("where"),
+                          output=opts.get("output"), wait=opts.get("wait", False),
+                          session=opts.get("session", get("session")), text=text)
+
+
+def _inspect_value(s: _Stream, kw_tok: _Token, kw: str) -> Any:
+    if kw in ("layer", "hypotheses", "measures"):
+        what = {"layer": "a layer name", "hypotheses": "a hypothesis", "measures": "a measure"}[kw]
+        tokens = [tok for tok in _rest(s) if tok.kind != ","]
+        if kw == "measures":
+            bad = next((tok for tok in tokens if tok.kind != "word"), None)
+            if bad is not None:
+                raise _error(bad, f"measures are names (pearson, auroc, mi, iou, probe), got {bad.text!r}")
+        items = [_str_or_expr(tok, what) for tok in tokens]
+        if not items:
+            raise s.end_error(f"expected {kw} after {kw_tok.text!r}")
+        return items
+    if kw == "units":
+        return NeuronList(_items(s, kw_tok, tuples=True))
+    if kw == "tokenizer":
+        tok = s.expect("a {tokenizer} expression after 'tokenizer'")
+        if tok.kind not in ("expr", "word"):
+            raise _error(tok, f"tokenizer needs a variable name or {{expression}}, got {tok.text!r}")
+        return _expr(tok) if tok.kind == "expr" else Name(tok.text, tok.line, tok.column, tok.source, len(tok.text))
+    if kw == "where":
+        return _p_where(s, kw_tok)
+    if kw == "session":
+        return _session_name(s)
+    tok = s.expect(f"a value after {kw_tok.text!r}")
+    kind = INSPECT_OPTIONS[kw]
+    if tok.kind == "expr":
+        return _expr(tok)
+    if kind.endswith("?") and tok.word() == "none":
+        return None
+    if kind == "float":
+        return _number(tok, kw)
+    if kind == "bool":
+        if tok.word() in _BOOLS:
+            return _BOOLS[tok.word()]
+        raise _error(tok, f"{kw} needs true or false, got {tok.text!r}")
+    return _int(tok, kw, 0 if kind == "int0" else 1)
+
+
+def _rest(s: _Stream) -> list[_Token]:
+    out = []
+    while not s.done():
+        out.append(s.next())
+    return out
+
+
 # -- other verbs ----------------------------------------------------------------------------
 def _parse_use(s: _Stream, verb_tok: _Token, text: str) -> UseCommand:
     name: Any = None
@@ -1047,11 +1161,12 @@ def expand_weights(weights: Weights, namespace: Mapping[str, Any]) -> list[float
 
 # -- help -----------------------------------------------------------------------------------
 HELP = {
-    "": "%everest commands: use, layers, index, topk, bottomk, knn, jobs, cancel, status, help.\n"
+    "": "%everest commands: use, layers, index, topk, bottomk, knn, inspect, jobs, cancel, status, help.\n"
         "  %everest use model=net data=images index=idx.h5   open a session (name=..., labels=...)\n"
         "  %everest index conv2 conv3:mean --wait            build the index of some layers\n"
         "  %%everest topk 10                                 then lines: layer, neurons, by, where\n"
         "  %%everest knn 10                                  then lines: target, layer, neurons, metric\n"
+        "  %%everest inspect                                 then lines: layer, hypotheses, measures\n"
         "`%everest help TOPIC` explains a command or keyword; `help expressions` the {...} syntax.",
     "use": "use model=NAME data=NAME [index=PATH] [name=NAME] [labels=NAME] [batch_size=N] ...\n"
            "  opens a session (and makes it current); `use NAME` switches to a named session.\n"
@@ -1069,6 +1184,18 @@ HELP = {
            "  neurons ... | neurons top N of input ID\n  [metric l2|l1|linf|cosine]\n  [include target]\n"
            "the K inputs nearest to the target in the group's activation space\n"
            "(a dataset target is left out of its own answer unless `include target`).",
+    "inspect": "%%everest inspect [-o VAR] [--wait]\n  layer VIEW, VIEW ...\n"
+               "  hypotheses class, ink, keyword:return|yield, {labels_array}, ...\n"
+               "  [measures pearson, auroc, mi, iou, probe]   (default: by hypothesis kind)\n"
+               "  [units 0:10]  [where labels == 3]  [tokenizer {tok}]\n"
+               "  [epsilon 0.05] [confidence 0.95] [top 5] [patience 3|none] [min_inputs 500]\n"
+               "  [max_inputs 10000|none] [early_stop true] [bins 10] [q 0.005] [holdout 0.2] [seed 0]\n"
+               "which units track each hypothesis, and how strongly: a ranked table per hypothesis\n"
+               "(click a unit for its top-k gallery); -o binds the long DataFrame.",
+    "hypotheses": "hypotheses NAME | {expr}, ...: built-in names (ink, brightness, thickness, class,\n"
+                  "  ink_mask, quotes, brackets, punctuation, capitalised, code, position,\n"
+                  "  keyword:a|b, regex:..., contains:...) or {labels, functions, masks, Hypothesis}.",
+    "measures": "measures pearson, auroc, mi, iou, probe (inspect; default: chosen by hypothesis kind)",
     "jobs": "jobs: list background index builds and queries.",
     "cancel": "cancel [JOB]: cancel a background job (default: the most recent one).",
     "status": "status: the sessions, their models, datasets and indexes.",

@@ -54,6 +54,28 @@ def query_widget(job: Job, session: Session, render: Callable | None, state: Ker
         finish(job)
 
 
+def inspect_widget(job: Job, session: Session, display_fn: Callable = display) -> None:
+    """Show an inspection: progress now (in a box made here, on the main thread); when the job
+    ends, the box holds the ranked tables (`InspectTable`: click a unit for its top-k gallery)."""
+    import ipywidgets as W
+    from ..widgets import JobProgress
+    from ..widgets.inspect_table import InspectTable
+    box = W.VBox([JobProgress(job)])
+    display_fn(box)
+    shown = []
+
+    def finish(j: Job) -> None:
+        if not j.is_done() or shown:
+            return
+        shown.append(True)
+        if j.status == "done":
+            box.children = [InspectTable(j.result(), session)]
+
+    job.on_change(finish)
+    if job.is_done():
+        finish(job)
+
+
 def _record_drilldowns(g: Any, state: KernelState, session: Session) -> None:
     """Put gallery drill-downs into the query history, as the magic they correspond to."""
     def on_select(level: int, index: int, item_id: int) -> None:
