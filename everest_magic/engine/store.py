@@ -305,7 +305,7 @@ class IndexWriter:
             self.h.create_carray(g, "counts", tables.UInt32Atom(), (m, P), filters=int_filters(np.uint32))
             self.h.create_carray(g, "bounds", tables.Float32Atom(), (m, P, 2), filters=FLOAT_FILTERS)
             tt = max(t, 1)
-            rows = (min(m, max(1, 16384 // tt)), tt)   # ~64 KB chunks: few to write, cheap to read
+            rows = (min(m, max(1, 4096 // tt)), tt)   # ~16 KB chunks: few to write, cheap to read
             for side in ("top", "bot"):
                 self.h.create_carray(g, f"{side}_ids", tables.UInt32Atom(), (m, tt), chunkshape=rows,
                                      filters=int_filters(np.uint32))

@@ -80,6 +80,11 @@ def load_ipython_extension(ipython) -> None:
     """Register %everest and %%everest (and the sidebar channel when a front end listens)."""
     state = kernel_state()
     ipython.register_magics(EverestMagics(ipython, state))
+    try:   # import the widgets now, not on the first query (keeps a query cell's return fast)
+        from .. import widgets
+        del widgets
+    except ImportError:
+        pass
     try:
         from .channel import open_channel
         open_channel(state)

@@ -248,10 +248,7 @@ def do_query(cmd: P.QueryCommand, ctx: Context) -> Any:
         return run_resolved(s, cmd.kind, q, cmd.metric, cmd.include_target, cmd.text)
 
     job = s.submit(work, cmd.text.split("\n")[0].strip())
-    entry = state.record(cmd.text, cmd.kind, s.name, job.id)
-    job.on_change(lambda j: j.is_done() and state.finish(entry, j.status, _summary(j)))
-    if cmd.output:
-        ctx.ns[cmd.output] = PendingResult(job, ctx.ns, cmd.output)
+    _track(job, cmd, ctx, s.name, cmd.kind, _summary)
     from .show import query_widget, result_widget
     if cmd.wait:
         r = job.result()
@@ -261,6 +258,15 @@ def do_query(cmd: P.QueryCommand, ctx: Context) -> Any:
         return None
     query_widget(job, s, state.renders.get(s.name), state)
     return None
+
+
+def _track(job, cmd: Any, ctx: Context, session: str, kind: str, summary: Callable) -> None:
+    """Record a background command in the history (finished with `summary(job)`), and bind
+    `-o NAME` to a handle that becomes the job's result."""
+    entry = ctx.state.record(cmd.text, kind, session, job.id)
+    job.on_change(lambda j: j.is_done() and ctx.state.finish(entry, j.status, summary(j)))
+    if cmd.output:
+        ctx.ns[cmd.output] = PendingResult(job, ctx.ns, cmd.output)
 
 
 def _summary(job) -> str:
@@ -279,8 +285,7 @@ INSPECT_ERROR_AT = (("hypothes", "hypotheses"), ("measure", "measures"), ("token
 def do_inspect(cmd: P.InspectCommand, ctx: Context) -> Any:
     """Units of views x hypotheses x measures, as a background job (see everest_magic.inspect)."""
     from ..inspect import inspect_job
-    state = ctx.state
-    s = state.session(cmd.session)
+    s = ctx.state.session(cmd.session)
     views = [str(P.resolve(v, ctx.ns)) for v in cmd.views]
     hyps: dict[str, Any] = {}
     for h in cmd.hypotheses:
@@ -299,11 +304,8 @@ def do_inspect(cmd: P.InspectCommand, ctx: Context) -> Any:
         word = str(e).lower()
         key = next((k for needle, k in INSPECT_ERROR_AT if needle in word), "inspect")
         raise positioned(e, cmd.text, key) from e
-    entry = state.record(cmd.text, "inspect", s.name, job.id)
-    job.on_change(lambda j: j.is_done() and state.finish(
-        entry, j.status, f"{len(j.result())} scores" if j.status == "done" else str(j.error or j.status)))
-    if cmd.output:
-        ctx.ns[cmd.output] = PendingResult(job, ctx.ns, cmd.output)
+    _track(job, cmd, ctx, s.name, "inspect",
+           lambda j: f"{len(j.result())} scores" if j.status == "done" else str(j.error or j.status))
     from .show import inspect_widget
     if cmd.wait:
         frame = job.result()

@@ -7,6 +7,7 @@ the result lands in the cell that asked, with a static HTML fallback in the same
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable
 
 from IPython.display import display
@@ -36,12 +37,8 @@ def query_widget(job: Job, session: Session, render: Callable | None, state: Ker
     gallery = Gallery(None, session, render=render, submit=session.submit)
     _record_drilldowns(gallery, state, session)
     handle = display(progress, display_id=True)
-    shown = []
 
     def finish(j: Job) -> None:
-        if not j.is_done() or shown:
-            return
-        shown.append(True)
         if j.status == "done":
             gallery.show(j.result())
             handle.update(gallery)
@@ -49,9 +46,7 @@ def query_widget(job: Job, session: Session, render: Callable | None, state: Ker
             msg = str(j.error) if j.error is not None else j.status
             handle.update({"text/plain": f"{j.status}: {msg}"}, raw=True)
 
-    job.on_change(finish)
-    if job.is_done():
-        finish(job)
+    on_end(job, finish)
 
 
 def inspect_widget(job: Job, session: Session, display_fn: Callable = display) -> None:
@@ -62,18 +57,27 @@ def inspect_widget(job: Job, session: Session, display_fn: Callable = display) -
     from ..widgets.inspect_table import InspectTable
     box = W.VBox([JobProgress(job)])
     display_fn(box)
-    shown = []
 
     def finish(j: Job) -> None:
-        if not j.is_done() or shown:
-            return
-        shown.append(True)
         if j.status == "done":
             box.children = [InspectTable(j.result(), session)]
 
-    job.on_change(finish)
-    if job.is_done():
-        finish(job)
+    on_end(job, finish)
+
+
+def on_end(job: Job, fn: Callable[[Job], None]) -> None:
+    """Call `fn(job)` once, when the job ends (at once if it has)."""
+    lock, called = threading.Lock(), []
+
+    def check(j: Job) -> None:
+        with lock:
+            if not j.is_done() or called:
+                return
+            called.append(True)
+        fn(j)
+
+    job.on_change(check)
+    check(job)
 
 
 def _record_drilldowns(g: Any, state: KernelState, session: Session) -> None:
