@@ -78,3 +78,13 @@ def test_smoke_answers_match_brute_force(smoke):
     assert checks["mismatches"] == 0 and checks["answers"] > 200
     targets = {t["target"] for t in results["summary"]["targets"]}
     assert any("kNN" in t for t in targets) and any("build" in t for t in targets)
+
+
+def test_replay_of_partitions_checks_answers_and_reports_each_P():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "replay_partitions.py"), "--workload", "mnist",
+                           "--view", "fc1", "--n", "2000", "--P", "8,32", "--queries", "4"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("P=")]
+    assert len(rows) == 2 and all("of float32" in r and "knn-g10-top" in r for r in rows)
