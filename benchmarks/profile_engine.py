@@ -138,10 +138,10 @@ def batch_costs(s, view: str, reps: int = 5) -> dict:
     out = {"bit_identical_sizes": list(sizes), "ms_per_batch": {}}
     for b in sizes:
         ids = np.arange(b)
-        s.runner.views([v], ids, b)
+        s.runner.views([v], ids, (b,))
         t0 = time.perf_counter()
         for _ in range(reps):
-            s.runner.views([v], ids, b)
+            s.runner.views([v], ids, (b,))
         out["ms_per_batch"][b] = 1000 * (time.perf_counter() - t0) / reps
     return out
 

@@ -44,9 +44,9 @@ def test_batch_sizes_are_checked_on_real_inputs(session):
     assert all(b & (b - 1) == 0 for b in sizes[:-1])        # powers of two below batch_size
     v = session.view("conv2")
     ids = np.arange(40)
-    ref = session.runner.views([v], ids, 32)[0]
+    ref = session.runner.views([v], ids, (32,))[0]
     for b in sizes:
-        np.testing.assert_array_equal(session.runner.views([v], ids, b)[0], ref)
+        np.testing.assert_array_equal(session.runner.views([v], ids, (b,))[0], ref)
 
 
 def test_a_batch_size_dependent_model_recomputes_in_full_batches_only(digits_cnn, tmp_path):
@@ -69,14 +69,14 @@ def test_a_batch_size_dependent_model_recomputes_in_full_batches_only(digits_cnn
 
 
 def test_walk_batches_follow_the_measured_batch_cost(session, monkeypatch):
-    sizes = []
-    real = session.runner.views
+    sizes = []   # the size of every batch the model runs
+    real = session.runner.capture
 
-    def spy(views, ids, batch_size=None):
-        sizes.append(batch_size)
-        return real(views, ids, batch_size)
+    def spy(layers, batch):
+        sizes.append(len(batch))
+        return real(layers, batch)
 
-    monkeypatch.setattr(session.runner, "views", spy)
+    monkeypatch.setattr(session.runner, "capture", spy)
     session.cache.clear()
     A = ReprocessAll(session).all_activations("conv1")
     sizes.clear()
@@ -85,7 +85,7 @@ def test_walk_batches_follow_the_measured_batch_cost(session, monkeypatch):
     safe = session.batch_sizes("conv1")
     assert sizes[0] == safe[0]           # the target alone, in the smallest safe batch
     assert sizes[1:] and all(b in safe for b in sizes[1:]) and r.stats.batches == len(sizes)
-    c0, c1 = session._costs["conv1"]
+    c0, c1 = session._batch_check("conv1")[1]
     steps = session.walk_steps("conv1")
     plan = [next(steps) for _ in range(8)]
     first = next(b for b in safe + (10**9,) if b >= np.sqrt(64 * c0 / c1))

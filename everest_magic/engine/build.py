@@ -54,7 +54,7 @@ def choose_partitions(V: np.ndarray, t: int, scheme: str, sample: np.ndarray | N
         return (per_neuron + 8 * P + 10 * t) / (4 * n)
 
     lo, hi = 0, len(P_CANDIDATES) - 1       # candidates fall; sizes fall with them: bisect
-    best = (P_CANDIDATES[-1], size(P_CANDIDATES[-1]))
+    best = None
     while lo <= hi:
         mid = (lo + hi) // 2
         r = size(P_CANDIDATES[mid])
@@ -62,7 +62,7 @@ def choose_partitions(V: np.ndarray, t: int, scheme: str, sample: np.ndarray | N
             best, hi = (P_CANDIDATES[mid], r), mid - 1
         else:
             lo = mid + 1
-    return best
+    return best or (P_CANDIDATES[-1], size(P_CANDIDATES[-1]))
 
 
 def list_length(n: int, ratio: float, min_list: int = DEFAULT_MIN_LIST) -> int:

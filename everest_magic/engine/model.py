@@ -114,17 +114,21 @@ class Runner:
         return outs
 
     def views(self, views: Sequence[View], ids: Sequence[int] | np.ndarray,
-              batch_size: int | None = None) -> list[np.ndarray]:
+              sizes: Sequence[int] | None = None) -> list[np.ndarray]:
         """Activations of `views` for inputs `ids`: one float32 array (len(ids), neurons) per view.
 
-        Batches hold exactly `batch_size` inputs (default: the runner's), short ones padded.
+        `sizes`: the batch sizes allowed (default: the runner's `batch_size` only). Inputs run
+        in batches of the largest; the rest in one batch of the smallest size that holds it,
+        padded with copies of its first input.
         """
         ids = np.asarray(ids, dtype=np.int64)
-        size = int(batch_size or self.batch_size)
+        sizes = sorted(sizes or (self.batch_size,))
+        big = sizes[-1]
         chunks: list[list[np.ndarray]] = [[] for _ in views]
         layers = sorted({v.layer for v in views})
-        for s in range(0, len(ids), size):
-            part = ids[s:s + size]
+        for s in range(0, len(ids), big):
+            part = ids[s:s + big]
+            size = next(b for b in sizes if b >= len(part))
             padded = np.concatenate([part, np.full(size - len(part), part[0])]) if len(part) < size else part
             batch = self.data.batch(padded)
             outs = self.capture(layers, batch)

@@ -58,12 +58,11 @@ class Scoring:
     """How a query turns a group's activations into keys (larger is better).
 
     ``key = sign * finish(combine_j term(x_j, j))``. With ``sign = +1`` the bound term of
-    an interval is its largest term, with ``sign = -1`` its smallest. `bound` is None when
-    the key has no per-neuron bound (the query then scans).
+    an interval is its largest term, with ``sign = -1`` its smallest.
     """
 
     term: Terms
-    bound: BoundTerms | None
+    bound: BoundTerms
     combine: str = "sum"                       # "sum" or "max"
     sign: float = 1.0
     finish: Callable[[np.ndarray], np.ndarray] | None = None
@@ -125,10 +124,6 @@ class Aggregation:
         finish = {"mean": lambda acc: acc / g, "l2": np.sqrt}.get(self.by)
         return Scoring(term, bound, "max" if self.by == "max" else "sum", -1.0 if lowest else 1.0, finish)
 
-    def __call__(self, X: np.ndarray) -> np.ndarray:
-        """The aggregate of activation rows X (rows, g)."""
-        return self.scoring(X.shape[1])(X)
-
 
 def make_aggregation(by: str | list | tuple | np.ndarray, g: int) -> Aggregation:
     """`by` is an aggregation name or a sequence of non-negative weights, one per neuron."""
@@ -157,15 +152,21 @@ def topk_key(agg: Aggregation, lowest: bool = False) -> Callable[[np.ndarray], n
     return key_of
 
 
-def knn_scoring(target: np.ndarray, metric: str) -> Scoring:
-    """The Scoring of a kNN query: minus the (squared for L2) distance to `target` (g,)."""
+def check_metric(metric: str) -> str:
+    """`metric` if it is one of METRICS, else a QueryError suggesting the closest."""
     if metric not in METRICS:
         hint = suggest(metric, METRICS)
         raise QueryError(f"unknown metric {metric!r}" + (f"; did you mean {hint[0]!r}?" if hint
                                                          else f"; use one of {METRICS}"))
+    return metric
+
+
+def knn_scoring(target: np.ndarray, metric: str) -> Scoring:
+    """The Scoring of a kNN query by a per-neuron metric (l2, l1, linf): minus the (squared
+    for L2) distance to `target` (g,). Cosine has no per-neuron terms: see `cosine_keys`."""
+    if check_metric(metric) == "cosine":
+        raise QueryError("cosine distance does not decompose per neuron; score it with cosine_keys")
     t = np.asarray(target, np.float64).ravel()
-    if metric == "cosine":   # not a combination of per-neuron terms: see `cosine_keys`
-        return Scoring(_no_terms, None)
     square = metric == "l2"
 
     def term(x, j):
@@ -177,10 +178,6 @@ def knn_scoring(target: np.ndarray, metric: str) -> Scoring:
         return d * d if square else d
 
     return Scoring(term, bound, "max" if metric == "linf" else "sum", -1.0)
-
-
-def _no_terms(x: np.ndarray, j: int) -> np.ndarray:
-    raise NotImplementedError("cosine keys are computed from whole rows (cosine_keys)")
 
 
 def cosine_keys(target: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -205,7 +202,7 @@ def _lsum(X: np.ndarray) -> np.ndarray:
 
 def knn_key(target: np.ndarray, metric: str) -> Callable[[np.ndarray], np.ndarray]:
     """The exact key function of a kNN query (minus the distance; squared for L2), for rows (n, g)."""
-    return cosine_keys(target) if metric == "cosine" else knn_scoring(target, metric)
+    return cosine_keys(target) if check_metric(metric) == "cosine" else knn_scoring(target, metric)
 
 
 def knn_distance(keys: np.ndarray, metric: str) -> np.ndarray:
@@ -337,11 +334,10 @@ def knn(ctx: Context, view: str, neurons: np.ndarray, k: int, target: np.ndarray
     """The k inputs nearest to `target` (the group's activations, shape (g,)) by `metric`."""
     t0 = time.perf_counter()
     stats = QueryStats(n=ctx.n)
-    sc = knn_scoring(target, metric)
-    if sc.bound is None:
+    if check_metric(metric) == "cosine":
         stats.method, stats.reason = "scan", f"{metric} distance does not decompose per neuron"
         keys, ids = scan(ctx, view, neurons, k, allowed, cosine_keys(target), stats)
     else:
-        keys, ids = threshold_walk(ctx, view, neurons, k, allowed, sc, stats)
+        keys, ids = threshold_walk(ctx, view, neurons, k, allowed, knn_scoring(target, metric), stats)
     stats.seconds = time.perf_counter() - t0
     return ids, knn_distance(keys, metric), stats

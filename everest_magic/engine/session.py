@@ -82,8 +82,8 @@ class Session:
         self.model_fingerprint = model_fingerprint(model)
         self.store = IndexStore(self.index_path, self.model_fingerprint, self.data.fingerprint(), self.n,
                                 cache_bytes=index_cache_bytes)
-        self._sizes: dict[str, tuple[int, ...]] = {}
-        self._costs: dict[str, tuple[float, float]] = {}   # view -> seconds a batch = c0 + c1 * size
+        # view -> (batch sizes bit-identical to batch_size, (c0, c1): seconds a batch = c0 + c1 * size)
+        self._batching: dict[str, tuple[tuple[int, ...], tuple[float, float]]] = {}
         self._custom: dict[str, View] = {}
         self._model_lock = threading.RLock()
         self._build_lock = threading.RLock()
@@ -194,21 +194,24 @@ class Session:
         for bit as the full batch does; queries recompute in these. Checked once per view on
         real inputs: the same rows computed in a full batch and in batches of B/2, B/4, ... 1
         (down to the first size that differs). The same runs time a batch of each size."""
+        return self._batch_check(view)[0]
+
+    def _batch_check(self, view: str) -> tuple[tuple[int, ...], tuple[float, float]]:
         v = self.view(view)
-        if v.name not in self._sizes:
-            self._sizes[v.name], self._costs[v.name] = self._locked(self._check_sizes, v)
-        return self._sizes[v.name]
+        if v.name not in self._batching:
+            self._batching[v.name] = self._locked(self._check_sizes, v)
+        return self._batching[v.name]
 
     def _check_sizes(self, v: View) -> tuple[tuple[int, ...], tuple[float, float]]:
         B = self.runner.batch_size
         ids = np.random.default_rng(0).permutation(self.n)[:B]
-        ref, t = _timed(self.runner.views, [v], ids, B)
+        ref, t = _timed(self.runner.views, [v], ids, (B,))
         ref = ref[0].view(np.uint32)
         ok, timings = [B], [(B, t)]
         size = 1 << ((B - 1).bit_length() - 1) if B > 1 else 0   # the largest power of two below B
         while size >= 1:
             c = min(len(ids), max(2 * size, 8))
-            got, t = _timed(self.runner.views, [v], ids[:c], size)
+            got, t = _timed(self.runner.views, [v], ids[:c], (size,))
             timings.append((size, t / -(-c // size)))
             if not np.array_equal(got[0].view(np.uint32), ref[:c]):
                 break
@@ -221,8 +224,7 @@ class Session:
         batch's fixed cost against the inputs it may recompute for nothing (sqrt(2 N c0 / c1)
         for N = 32 needed inputs, a batch costing c0 + c1 * size), then takes half of what it
         has recomputed so far (so at most a third is wasted), in the sizes `batch_sizes` allows."""
-        sizes = self.batch_sizes(view)
-        c0, c1 = self._costs.get(self.view(view).name, (0.0, 1.0))
+        sizes, (c0, c1) = self._batch_check(view)
 
         def fit(x: float) -> int:
             return next((b for b in sizes if b >= x), sizes[-1])
@@ -245,30 +247,18 @@ class Session:
             out[found] = rows
         missing = ids[~found]
         if len(missing):
-            new, batches = self._compute(v, missing)
+            sizes = self.batch_sizes(v.name)
+            new = self._locked(self.runner.views, [v], missing, sizes)[0]
             self.cache.put(v.name, missing, new)
             if out is None:
                 out = np.empty((len(ids), new.shape[1]), np.float32)
             out[~found] = new
             if stats is not None:
                 stats.inputs_recomputed += len(missing)
-                stats.batches += batches
+                stats.batches += -(-len(missing) // sizes[-1])
         if stats is not None:
             stats.inputs_from_cache += int(found.sum())
         return out
-
-    def _compute(self, v: View, ids: np.ndarray) -> tuple[np.ndarray, int]:
-        """Run the model on `ids`: full batches, then the smallest safe size for the rest."""
-        sizes = self.batch_sizes(v.name)
-        B = sizes[-1]
-        full = len(ids) // B * B
-        parts = []
-        if full:
-            parts.append(self._locked(self.runner.views, [v], ids[:full], B)[0])
-        if full < len(ids):
-            size = next(x for x in sizes if x >= len(ids) - full)
-            parts.append(self._locked(self.runner.views, [v], ids[full:], size)[0])
-        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), full // B + int(full < len(ids))
 
     def activations(self, view: str, ids: int | Sequence[int] | np.ndarray) -> np.ndarray:
         """Activations of inputs `ids` in a view, float32 (len(ids), neurons)."""
@@ -477,9 +467,9 @@ class _LockedRunner:
         self._runner, self._lock = runner, lock
         self.data, self.batch_size, self.device = runner.data, runner.batch_size, runner.device
 
-    def views(self, views, ids, batch_size=None):
+    def views(self, views, ids, sizes=None):
         with self._lock:
-            return self._runner.views(views, ids, batch_size)
+            return self._runner.views(views, ids, sizes)
 
     def view_shapes(self, views):
         with self._lock:

@@ -96,6 +96,7 @@ class ViewInfo:
     t: int
     build: dict
     bytes_on_disk: int
+    list_rows: int = 1     # neurons a chunk of the top and bottom lists holds
 
     @property
     def full_bytes(self) -> int:
@@ -215,16 +216,15 @@ class IndexStore:
     def extremes(self, name: str, neuron: int, highest: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(ids, values) of a neuron's top (or bottom) list, best first."""
         side = "top" if highest else "bot"
-        R = self._group(name).top_ids.chunkshape[0]
-        first = int(neuron) // R * R
+        info = self.view(name)
+        first = int(neuron) // info.list_rows * info.list_rows
 
         def load():
             with HDF5_LOCK:
                 g = self._group(name)
                 _, ids = read_chunk_rows(g._f_get_child(f"{side}_ids"), first)
                 _, vals = read_chunk_rows(g._f_get_child(f"{side}_vals"), first)
-            t = self.view(name).t
-            return ids[:, :t].astype(np.int64), np.ascontiguousarray(vals[:, :t])
+            return ids[:, :info.t].astype(np.int64), np.ascontiguousarray(vals[:, :info.t])
         ids, vals = self.rows.get((name, first, side), load, lambda r: r[0].nbytes + r[1].nbytes)
         return ids[int(neuron) - first], vals[int(neuron) - first]
 
@@ -261,7 +261,8 @@ def _view_info(g: tables.Group) -> ViewInfo:
     m, n = g.pids.shape
     return ViewInfo(name=str(a["name"]), key=g._v_name, definition=json.loads(a["definition"]),
                     shape=tuple(json.loads(a["shape"])), n=int(n), m=int(m), P=int(a["P"]), scheme=str(a["scheme"]),
-                    ratio=float(a["ratio"]), t=int(a["t"]), build=json.loads(a["build"]), bytes_on_disk=int(size))
+                    ratio=float(a["ratio"]), t=int(a["t"]), build=json.loads(a["build"]), bytes_on_disk=int(size),
+                    list_rows=int(g.top_ids.chunkshape[0]))
 
 
 class IndexWriter:
