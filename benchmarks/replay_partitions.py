@@ -19,18 +19,18 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import everest_magic as em  # noqa: E402
-from everest_magic.engine import partition as PT  # noqa: E402
 from everest_magic.engine import query as Q  # noqa: E402
 from everest_magic.engine.baselines import ReprocessAll  # noqa: E402
-from everest_magic.engine.build import DEFAULT_RATIO, list_length  # noqa: E402
+from everest_magic.engine.build import DEFAULT_RATIO  # noqa: E402
 from everest_magic.engine.cache import ActivationCache  # noqa: E402
-from everest_magic.engine.store import IndexStore, compress_rows  # noqa: E402
+from everest_magic.engine.store import IndexStore  # noqa: E402
 
 import queries as QS  # noqa: E402
 import workloads as W  # noqa: E402
@@ -56,18 +56,14 @@ class Replay:
 
 
 def build(A: np.ndarray, path: Path, P: int, scheme: str) -> IndexStore:
-    n, m = A.shape
-    fractions, t, sample = PT.cut_fractions(P, scheme), list_length(n, DEFAULT_RATIO), PT.sample_ids(n)
-    store = IndexStore(path, "replay", "replay", n)
-    w = store.writer()
-    g = w.create_view("v", {}, (m,), m, n, P, scheme, fractions, DEFAULT_RATIO, t)
-    for s in range(0, m, 256):
-        arrays = PT.partition_block(np.ascontiguousarray(A[:, s:s + 256].T), fractions, t, sample)
-        arrays["pids"] = compress_rows(arrays["pids"])
-        w.write_rows(g, s, arrays)
-    w.finish_view(g, {})
-    w.commit()
-    return store
+    """The engine's own build over the saved activations: the "model" is an identity whose
+    layer "v" outputs each input's row."""
+    model = torch.nn.Sequential()
+    model.add_module("v", torch.nn.Identity())
+    s = em.Session(model, torch.from_numpy(A), index=path, partitions=P, scheme=scheme, ratio=DEFAULT_RATIO,
+                   batch_size=256)
+    s.build_index(["v"], wait=True)
+    return s.store
 
 
 def run(spec: QS.QuerySpec, ctx: Replay) -> tuple[np.ndarray, int]:
@@ -100,7 +96,7 @@ def main() -> None:
     specs = {f: QS.draw(A.shape, A.__getitem__, view, f, a.queries) for f in FAMILIES}
     with tempfile.TemporaryDirectory(prefix="everest-replay-") as tmp:
         for P in [int(p) for p in a.P.split(",")]:
-            store = build(A, Path(tmp) / f"P{P}.h5", P, a.scheme)
+            store = build(A, Path(tmp) / f"P{P}", P, a.scheme)
             ctx = Replay(A, store, lambda: s.walk_steps(view))
             cells = []
             for f, qs in specs.items():

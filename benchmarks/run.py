@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -269,7 +270,7 @@ def bench_workload(w: W.Workload, cfg: Config, out: Path, bar: Progress, created
     bar.step()
 
     bar.stage(f"{w.name}: index build")
-    index_path = out / f"bench_{w.name}_index.h5"
+    index_path = out / f"bench_{w.name}_index"
     created.append(index_path)
     s = em.Session(w.model, w.data, index=index_path, labels=w.labels, collate=w.collate, batch_size=w.batch_size,
                    partitions=cfg.partitions, ratio=cfg.ratio, scheme=cfg.scheme, rebuild=True)
@@ -285,7 +286,7 @@ def bench_workload(w: W.Workload, cfg: Config, out: Path, bar: Progress, created
     res["build"] = {"wall_seconds": build_wall, "memory": mem.as_dict(), "per_view": build_stats,
                     "settings": {"partitions": {v: i.P for v, i in info.items()}, "ratio": cfg.ratio, "scheme": cfg.scheme,
                                  "min_list": s.min_list},
-                    "index_file_bytes": index_path.stat().st_size}
+                    "index_file_bytes": sum(f.stat().st_size for f in index_path.rglob("*") if f.is_file())}
     res["index"] = {v: {"neurons": i.m, "bytes_on_disk": i.bytes_on_disk, "full_bytes": i.full_bytes,
                         "size_ratio": i.size_ratio, "P": i.P, "t": i.t} for v, i in info.items()}
     bar.step()
@@ -454,7 +455,10 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
         if not a.keep_files:
             for p in created:
-                p.unlink(missing_ok=True)
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
     results["out_dir"] = str(out)
     results["stage_seconds"] = bar.stages
     try:

@@ -12,6 +12,7 @@ before each), every answer checked against brute force.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ import workloads as W  # noqa: E402
 from systems import CapturingReprocessAll, reference, timed  # noqa: E402
 
 VIEW = "conv2_every8"
-INDEX_NAME = "bench_sweep_index.h5"
+INDEX_NAME = "bench_sweep_index"
 FAMILIES = ("topk-g3-top", "topk-g10-rand", "knn-g3-top", "knn-g10-top")
 
 
@@ -96,7 +97,7 @@ def run(cfg, weights: Path, out: Path, bar=None) -> dict:
                "answers": len(specs), "mismatches": mismatches}
         rows.append(row)
         s.close()
-        path.unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
         if bar is not None:
             bar.note(f"P={P} ratio={ratio}: {100 * info.size_ratio:.1f}% size, median {row['median_ms']:.0f} ms")
             bar.step()

@@ -199,12 +199,14 @@ class Outcome:
     recomputed: int = 0
     from_cache: int = 0
     batches: int = 0
+    rows_run: int = 0
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         d = {"system": self.system, "seconds": self.seconds, "match": self.match, "exact_ids": self.exact_ids}
         if self.system == "engine":
-            d.update(recomputed=self.recomputed, from_cache=self.from_cache, batches=self.batches)
+            d.update(recomputed=self.recomputed, from_cache=self.from_cache, batches=self.batches,
+                     rows_run=self.rows_run)
         d.update(self.extra)
         return d
 
@@ -218,6 +220,7 @@ def timed(system_name: str, fn, ref_ids: np.ndarray, check=None) -> Outcome:
     match = exact if check is None else (exact or check(ids))
     st = r.stats
     return Outcome(system_name, seconds, bool(match), bool(exact), int(getattr(st, "inputs_recomputed", 0)),
-                   int(getattr(st, "inputs_from_cache", 0)), int(getattr(st, "batches", 0)))
+                   int(getattr(st, "inputs_from_cache", 0)), int(getattr(st, "batches", 0)),
+                   int(getattr(st, "rows_run", 0)))
 
 

@@ -5,7 +5,7 @@
  * target "everest_magic"):
  *
  *   kernel -> sidebar  {type: "snapshot", state: {sessions, jobs, history}}
- *                      {type: "job", job: {id, description, status, done, total, ...}}
+ *                      {type: "job", job: {id, description, status, phase, done, total, ...}}
  *                      {type: "error", message}
  *   sidebar -> kernel  {action: "refresh"}            answered with a snapshot
  *                      {action: "cancel", job: ID}    then a snapshot follows
@@ -34,9 +34,14 @@ export interface IView {
   list_ratio: number;
 }
 
-/** One session of the kernel (`%everest use ...`). */
+/**
+ * One session of the kernel: made by `%everest use ...` (origin `magic`), or with
+ * `em.Session(...)` in Python and bound to a variable (origin `python`; `name` is the variable).
+ */
 export interface ISession {
   name: string;
+  session_name?: string;
+  origin?: 'magic' | 'python';
   current: boolean;
   model: string;
   data: string;
@@ -51,6 +56,8 @@ export interface IJob {
   id: number;
   description: string;
   status: string;
+  /** What the job does now when it has stages, e.g. a query building its view first. */
+  phase?: string;
   done: number;
   total: number;
   progress: number;

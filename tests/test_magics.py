@@ -2,6 +2,8 @@
 and user errors become one-line UsageErrors with line, column, caret and suggestion."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from IPython.core.error import UsageError
@@ -165,3 +167,143 @@ def test_inspect_magic_scores_units_like_the_python_api(ip):
 def test_inspect_magic_errors_point_at_the_culprit(ip, body, match):
     with pytest.raises(UsageError, match=match):
         cell(ip, "inspect --wait", body)
+
+
+def _wait_done(entry, timeout=30.0):
+    deadline = time.time() + timeout
+    while entry.status == "running" and time.time() < deadline:
+        time.sleep(0.01)
+    return entry.status
+
+
+def test_gallery_drilldowns_record_the_magic_that_reproduces_them(ip):
+    """Each drill-down enters the history as a finished "drill-down" whose magic, run again,
+    shows exactly what the drill-down showed (not the group of the level it came from)."""
+    from everest_magic.magics import kernel_state
+    from everest_magic.magics.show import result_widget
+    state = kernel_state()
+    s = session(ip)
+    g = result_widget(s.topk("conv2", [5, 17, 18, 19, 40], k=6), s, None, state)
+    texts = {}
+    for action, head in (("knn", "%%everest knn 6"), ("neurons", "%everest neurons top 10 of input"),
+                         ("topk", "%%everest topk 6")):
+        job = g.select(1, level=0, action=action)
+        job.result(60)
+        entry = state.history[-1]
+        assert _wait_done(entry) == "done", entry
+        assert entry.kind == "drill-down" and entry.job_id == job.id and entry.text.startswith(head), entry.text
+        texts[action] = entry.text
+        shown = g.levels[-1]
+        n_before = len(state.history)
+        out = ip.run_cell(entry.text).result
+        if action == "neurons":
+            assert entry.summary == "10 neurons"
+            assert str(out) == shown["text"]       # the same lines: ids and activations
+        else:
+            again = state.jobs.get(state.history[n_before].job_id).result(60)
+            assert again.ids.tolist() == [it["id"] for it in shown["items"]]
+            assert again.neurons.tolist() == g.results[-1].neurons.tolist()
+            assert "results" in entry.summary
+    assert "\nneurons 5, 17:20, 40\n" in texts["knn"]   # the group of level 0, runs as ranges
+
+
+def test_where_label_and_id_are_accepted_spellings(ip):
+    cell(ip, "topk 6 -o a --wait", "layer fc1\nneurons 0, 1\nwhere label == 7")
+    cell(ip, "topk 6 -o b --wait", "layer fc1\nneurons 0, 1\nwhere labels == 7")
+    cell(ip, "topk 6 -o c --wait", "layer fc1\nneurons 0, 1\nwhere id in (3, 4, 5)")
+    assert ip.user_ns["a"].ids.tolist() == ip.user_ns["b"].ids.tolist()
+    assert set(session(ip).labels[ip.user_ns["a"].ids]) == {7}
+    assert set(ip.user_ns["c"].ids.tolist()) <= {3, 4, 5}
+
+
+def test_cancel_unknown_job_names_the_jobs_there_are(ip):
+    from everest_magic.magics import kernel_state
+    ids = sorted(kernel_state().all_jobs())
+    with pytest.raises(UsageError) as e:
+        cell(ip, "cancel 99999")
+    msg = str(e.value)
+    assert f"no job 99999 in this kernel: its jobs are {ids[0]}-{ids[-1]}" in msg, msg
+    assert "did you mean" not in msg
+
+
+def test_pending_result_prints_like_the_result_once_done(ip):
+    cell(ip, "knn 5 -o nn5", "target 3\nlayer conv2\nneurons 1, 2, 3")
+    handle = ip.user_ns["nn5"]
+    r = handle.result(60)
+    assert repr(handle) == repr(r) == str(handle) and repr(r).startswith("<Result knn k=5")
+
+
+def test_query_on_a_view_not_indexed_shows_the_build_progress(ip, digits_cnn, tmp_path):
+    """The query's job names the build it waits for and carries its done/total; `%everest jobs`
+    shows them too."""
+    from everest_magic.magics import kernel_state
+    model, x, _ = digits_cnn
+    st = kernel_state()
+    ip.user_ns.update(x3=x[:600], idx3=str(tmp_path / "lazy.h5"))
+    cell(ip, "use model=net data=x3 index={idx3} name=lazy batch_size=16")
+    seen: list[tuple] = []
+    st.jobs.on_change(lambda j: seen.append((j.description, j.phase, j.done, j.total, j.status)))
+    cell(ip, "topk 5 -o lz", "layer conv1\nneurons 3, 4")
+    r = ip.user_ns["lz"].result(120)
+    q = [e for e in seen if e[0] == "%%everest topk 5 -o lz"]
+    building = [e for e in q if e[1].startswith("building the index of conv1")]
+    assert building and any(0 < d < t for _, _, d, t, _ in building), q
+    assert q[-1][4] == "done" and q[-1][2] == q[-1][3] > 0 and "built the index of conv1" in q[-1][1]
+    jobs = cell(ip, "jobs")
+    row = jobs[jobs.description == "%%everest topk 5 -o lz"].iloc[0]
+    assert row.done == row.total > 0 and row.status == "done"
+    assert "conv1" in session(ip).indexed() and len(r.ids) == 5
+    cell(ip, "use digits")
+
+
+def test_python_sessions_are_discovered_for_the_sidebar(ip, digits_cnn, tmp_path):
+    import everest_magic as em
+    from everest_magic.magics import kernel_state
+    model, x, _ = digits_cnn
+    st = kernel_state()
+    ip.user_ns["py_s"] = em.Session(model, x[:300], index=tmp_path / "py.h5", name="mine")
+    ip.run_cell("1 + 1")    # the post_run_cell hook looks at the namespace
+    rows = {r["name"]: r for r in st.snapshot()["sessions"]}
+    assert rows["py_s"]["origin"] == "python" and rows["py_s"]["session_name"] == "mine"
+    assert rows["digits"]["origin"] == "magic"
+    job = ip.user_ns["py_s"].build_index(["fc1"])
+    job.result(60)
+    ip.run_cell("2 + 2")
+    assert job.id in st.all_jobs() and any(r["id"] == job.id for r in st.snapshot()["jobs"])
+    assert [v["name"] for v in {r["name"]: r for r in st.snapshot()["sessions"]}["py_s"]["views"]] == ["fc1"]
+    ip.user_ns.pop("py_s").close()
+    ip.run_cell("3 + 3")
+    assert "py_s" not in {r["name"] for r in st.snapshot()["sessions"]}
+
+
+def test_index_again_says_so_rebuild_builds_and_extend_grows(ip, capsys, tmp_path):
+    from everest_magic.magics import kernel_state
+    state = kernel_state()
+    previous = state.session().name
+    x, y = ip.user_ns["images"], ip.user_ns["labels"]
+    ip.user_ns.update(grow_idx=str(tmp_path / "grow"), grow_x=x[:1500], grow_y=y[:1500], more_x=x[1500:],
+                      more_y=y[1500:])
+    cell(ip, "use model=net data=grow_x labels=grow_y index={grow_idx} name=grow")
+    try:
+        cell(ip, "index fc1 conv2:mean --wait")
+        files = sorted(p.name for p in (tmp_path / "grow" / "views").iterdir())
+        capsys.readouterr()
+        table = cell(ip, "index fc1 conv2:mean --wait")
+        assert capsys.readouterr().out.strip() == ("already indexed: fc1, conv2:mean "
+                                                   "(nothing to do; --rebuild builds again)")
+        assert table["view"].tolist() == ["fc1", "conv2:mean"]
+        assert sorted(p.name for p in (tmp_path / "grow" / "views").iterdir()) == files
+        cell(ip, "index fc1 --rebuild --wait")
+        now = sorted(p.name for p in (tmp_path / "grow" / "views").iterdir())
+        assert len(now) == 2 and now != files
+        table = cell(ip, "extend more_x labels more_y --wait")
+        s = state.session("grow")
+        assert s.n == len(ip.user_ns["images"]) and table["inputs"].tolist() == [s.n, s.n]
+        brute = ReprocessAll(s)
+        for view, group in (("fc1", [3, 7, 11]), ("conv2:mean", [1, 4])):
+            assert s.topk(view, group, k=9).ids.tolist() == brute.topk(view, group, k=9).ids.tolist()
+            assert s.knn(1700, view, group, k=6).ids.tolist() == brute.knn(1700, view, group, k=6).ids.tolist()
+        with pytest.raises(UsageError, match="line 1, column 8: .*new inputs"):
+            cell(ip, "extend 17")
+    finally:
+        cell(ip, f"use {previous}")

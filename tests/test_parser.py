@@ -156,7 +156,7 @@ ERRORS = [
     ("knn 3", "target 1\nlayer a\nneurons 1\nmetric l3", "unknown metric 'l3'", 5, 8, "l2"),
     ("knn 3", "target -1\nlayer a\nneurons 1", "the target input id must be a non-negative integer", 2, 8, None),
     ("knn 3", "target 1\nlayer a\nneurons 1\ninclude targets", "expected 'target'", 5, 9, "target"),
-    ("topk 3", "layer a\nneurons 1\nwhere label == 3", "can only filter on labels or ids", 4, 7, "labels"),
+    ("topk 3", "layer a\nneurons 1\nwhere lables == 3", "can only filter on labels or ids", 4, 7, "labels"),
     ("topk 3", "layer a\nneurons 1\nwhere labels = 3", "expected ==, !=, in or not in", 4, 14, "=="),
     ("topk 3", "layer a\nneurons 1\nwhere labels ==", "expected a value after ==", 4, 16, None),
     ("topk 3", "layer a\nneurons 1\nwhere ids == -2", "an input id must be a non-negative integer", 4, 14, None),
@@ -363,3 +363,39 @@ def test_inspect_errors_have_positions(body, where):
     with pytest.raises(P.QuerySyntaxError) as e:
         P.parse_cell("inspect", body)
     assert (e.value.line, e.value.column) == where
+
+
+@pytest.mark.parametrize("spelling, field", [("labels", "labels"), ("label", "labels"), ("Label", "labels"),
+                                             ("ids", "ids"), ("id", "ids")])
+def test_where_accepts_label_and_id(spelling, field):
+    cmd = parse_cell("topk 5", f"layer conv2\nneurons 1\nwhere {spelling} == 7")
+    assert cmd.filter == Filter(field, "==", 7)
+
+
+def test_neurons_verb_and_its_errors():
+    cmd = parse_cell("neurons top 10 of input 4711 layer conv2:mean in session mnist")
+    assert cmd == P.NeuronsCommand(10, 4711, "conv2:mean", "mnist")
+    assert parse_cell("neurons top {n} of input {i}", "layer {v}") == P.NeuronsCommand(
+        Expr("n", 1, 13), Expr("i", 1, 26), Expr("v", 2, 7))
+    with pytest.raises(QuerySyntaxError, match="expected 'neurons top N of input ID layer VIEW'"):
+        parse_cell("neurons 5, 17")
+    with pytest.raises(QuerySyntaxError, match="expected 'layer' after 'the input id'"):
+        parse_cell("neurons top 10 of input 3 conv2")
+    assert "most activated neurons" in help_text("neurons")
+
+
+def test_use_takes_a_tokenizer():
+    cmd = parse_cell("use model=m data=d tokenizer=tok")
+    assert cmd.options["tokenizer"] == Name("tok", 1, 30)
+
+
+def test_index_rebuild_and_extend_parse():
+    from everest_magic.magics.parser import Expr, ExtendCommand, IndexCommand, Name, parse_cell
+    cmd = parse_cell("index conv2 fc1 --rebuild --wait", None)
+    assert isinstance(cmd, IndexCommand) and cmd.rebuild and cmd.wait and cmd.views == ["conv2", "fc1"]
+    assert not parse_cell("index conv2", None).rebuild
+    cmd = parse_cell("extend {x[100:]} labels y2 --wait in session s", None)
+    assert isinstance(cmd, ExtendCommand) and cmd.wait and cmd.session == "s"
+    assert isinstance(cmd.data, Expr) and cmd.data.text == "x[100:]"
+    assert isinstance(cmd.labels, Name) and cmd.labels.text == "y2"
+    assert parse_cell("extend more", None).labels is None

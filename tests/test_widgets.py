@@ -16,7 +16,9 @@ from PIL import Image
 import everest_magic as em
 from everest_magic import examples as ex
 from everest_magic.engine.errors import QueryError
-from everest_magic.widgets import Gallery, JobProgress, is_image, snippet, static_html, thumbnail_png
+from everest_magic.engine.baselines import ReprocessAll
+from everest_magic.widgets import Gallery, JobProgress, is_image, result_histogram, snippet, static_html, thumbnail_png
+from everest_magic.widgets.histogram import score_bounds
 
 K = 8
 VIEW = "conv2"
@@ -131,7 +133,7 @@ def test_gallery_levels_from_real_topk(session, top, digits):
 def test_select_runs_knn_and_appends_level(session, top, no_worker_widgets):
     g = Gallery(top, session)
     seen = []
-    g.on_select(lambda level, index, item_id: seen.append((level, index, item_id)))
+    g.on_select(lambda level, index, item_id, action, job: seen.append((level, index, item_id)))
     job = g.select(0)
     assert g.wait(TIMEOUT) and job.status == "done", (job, job.traceback)
     expected = session.knn(int(top.ids[0]), VIEW, top.neurons, K)
@@ -268,6 +270,50 @@ def test_histogram_from_index_partitions(session, top):
         g.histogram(10 ** 6)
 
 
+@pytest.mark.parametrize("by", ["sum", "mean", "max", "l2", [0.5, 2.0, 1.0]])
+def test_score_bounds_contain_every_exact_aggregate(session, by):
+    """The group histogram's per-input [lower, upper] from the index holds each input's exact
+    aggregate (brute force over all inputs), and the listed scores sit inside their intervals."""
+    r = session.topk(VIEW, GROUP, k=K, by=by)
+    lo, hi, what = score_bounds(session, r)
+    acts = ReprocessAll(session).all_activations(VIEW)[:, GROUP].astype(np.float64)
+    w = np.asarray(by) if isinstance(by, list) else None
+    exact = {"sum": acts.sum(1), "mean": acts.mean(1), "max": acts.max(1),
+             "l2": np.sqrt((acts ** 2).sum(1))}.get(by) if w is None else acts @ w
+    tol = 1e-4 * (1 + np.abs(exact))
+    assert np.all(lo - tol <= exact) and np.all(exact <= hi + tol)
+    assert np.all(hi >= lo) and (hi - lo).mean() < (exact.max() - exact.min())   # bounds say something
+    assert np.allclose(exact[r.ids], r.scores, rtol=1e-4, atol=1e-5)
+    assert what.endswith(f"of {len(GROUP)} neurons")
+
+
+@pytest.mark.parametrize("metric", ["l2", "l1", "linf"])
+def test_score_bounds_contain_every_knn_distance(session, top, metric):
+    r = session.knn(int(top.ids[0]), VIEW, GROUP, k=K, metric=metric)
+    lo, hi, what = score_bounds(session, r)
+    acts = ReprocessAll(session).all_activations(VIEW)[:, GROUP].astype(np.float64)
+    diff = np.abs(acts - acts[int(top.ids[0])])
+    exact = {"l2": np.sqrt((diff ** 2).sum(1)), "l1": diff.sum(1), "linf": diff.max(1)}[metric]
+    tol = 1e-4 * (1 + exact)
+    assert np.all(lo - tol <= exact) and np.all(exact <= hi + tol)
+    assert what.startswith(f"{metric.upper()} distance to #{int(top.ids[0])}")
+
+
+def test_group_histogram_marks_the_listed_scores(session, top):
+    """The gallery's histogram spans the aggregate's range: the red ticks (the listed scores) lie
+    where the scores are on an axis that holds them, not at one neuron's activations."""
+    g = Gallery(top, session)
+    lo, hi, _ = score_bounds(session, top)
+    img = np.asarray(png(g.histogram_png).convert("RGB")).astype(int)
+    red = (img[:, :, 0] > 180) & (img[:, :, 1] < 80) & (img[:, :, 2] < 80)
+    cols = np.flatnonzero(red[-26:-16].any(axis=0))           # the tick row under the axis
+    left, right = 6, img.shape[1] - 6
+    lo_all, hi_all = min(lo.min(), top.scores.min()), max(hi.max(), top.scores.max())
+    expected = left + np.round((top.scores - lo_all) / (hi_all - lo_all) * (right - left - 1))
+    assert set(cols) == set(expected.astype(int)), (sorted(set(cols)), sorted(set(expected.astype(int))))
+    assert g.histogram_png == result_histogram(session, top)
+
+
 def test_static_html_and_mimebundle(session, top):
     html = static_html(top, session)
     for i in top.ids:
@@ -316,3 +362,49 @@ def test_job_progress_cancel_button_cancels_running_build(digits, tmp_path, no_w
     finally:
         gate.set()
         hook.remove()
+
+
+# -- text: token shading ---------------------------------------------------------------------------
+def test_text_gallery_shades_each_sentence_by_token(tmp_path):
+    """A MiniLM top-k over a token-mean view: each item is its sentence cut into the tokens the
+    model saw, each token with the group's activation there (from the layer's per-token output)."""
+    model, tok, collate = ex.minilm(max_length=48)
+    sentences = ex.python_sentences(limit=120)
+    view = "encoder.layer.1.intermediate:token_mean"
+    group = [10, 200, 1000]
+    with em.Session(model, sentences, collate=collate, index=tmp_path / "t.h5", batch_size=40) as s:
+        r = s.topk(view, group, k=4, by="sum")
+        g = Gallery(r, s)
+        level = g.levels[0]
+        assert "sum of the 3 neurons at each token" in level["token_note"]
+        outs = {}
+        hook = s.runner.module("encoder.layer.1.intermediate").register_forward_hook(
+            lambda m, i, o: outs.__setitem__("x", o))
+        try:
+            for it, i in zip(level["items"], r.ids):
+                text = sentences[int(i)]
+                assert "".join(p for p, _ in it["tokens"]) == text
+                enc = tok(text, truncation=True, max_length=48)
+                words = [w for w in tok.convert_ids_to_tokens(enc["input_ids"]) if w not in tok.all_special_tokens]
+                shaded = [(p, v) for p, v in it["tokens"] if v is not None]
+                assert len(shaded) == len(words)
+                with torch.inference_mode():
+                    model(**collate([text]))
+                per_token = outs["x"][0, 1:1 + len(words)][:, group].sum(1).numpy()   # after [CLS]
+                np.testing.assert_allclose([v for _, v in shaded], per_token, rtol=1e-3, atol=1e-3)
+        finally:
+            hook.remove()
+        assert level["token_scale"] == pytest.approx(max(abs(v) for it in level["items"]
+                                                         for _, v in it["tokens"] if v is not None))
+        html = static_html(r, s)
+        assert html.count("<span title=") == sum(v is not None for it in level["items"] for _, v in it["tokens"])
+
+
+def test_training_shows_progress_and_time_left(capsys):
+    """The demo's training loop reports batches done, the rate and the time left (tqdm)."""
+    x, y = ex.load_digits()
+    ex.train(ex.DigitsCNN(), x, y, epochs=2, batch_size=256, progress="training digits")
+    err = capsys.readouterr().err
+    assert "training digits" in err and "16/16" in err and "batch/s" in err and "<" in err   # elapsed<left
+    ex.train(ex.DigitsCNN(), x, y, epochs=1, batch_size=256)   # no description: silent
+    assert capsys.readouterr().err == ""

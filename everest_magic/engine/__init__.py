@@ -2,7 +2,7 @@
 
 Imports no IPython and no widgets; usable from a plain script.
 """
-from .errors import (EverestError, IndexFormatError, JobCancelled, QueryError, StaleIndexError,
+from .errors import (EverestError, IndexFormatError, IndexWriteError, JobCancelled, QueryError, StaleIndexError,
                      UnknownNameError)
 from .jobs import Job, JobManager
 from .result import QueryStats, Result
@@ -10,4 +10,4 @@ from .session import Session
 from .views import View
 
 __all__ = ["Session", "Result", "QueryStats", "Job", "JobManager", "View", "EverestError", "QueryError",
-           "UnknownNameError", "StaleIndexError", "IndexFormatError", "JobCancelled"]
+           "UnknownNameError", "StaleIndexError", "IndexFormatError", "IndexWriteError", "JobCancelled"]

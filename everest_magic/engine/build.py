@@ -1,30 +1,40 @@
-"""Index build: one streaming inference pass, then per-neuron partitions and top lists.
+"""Index build: one streaming inference pass, memory bounded, on the model's device.
 
-Activations of all requested views are gathered neuron-major as the batches arrive (each
-batch is transposed once into a (neurons, inputs) slab of 8,192 inputs, whose memory a
-background thread faults in ahead of the pass). When they fit the memory budget they stay
-in RAM; otherwise they spill to a temporary HDF5 file written in chunk-aligned blocks, and
-are read back a block of neurons at a time. Worker threads partition blocks of
-neurons and compress their partition ids; the calling thread only writes finished chunks.
+1. Sample: the model runs on a random sample of inputs (at most `partition.SAMPLE`, fewer
+   when the memory budget says so); each neuron's cuts sit at rank fractions of its sample
+   values, and P is chosen per view from the same sample.
+2. One pass over every input, a block of `width` inputs at a time in id order: inputs of the
+   sample reuse their activations, the others run through the model in batches; each batch
+   is folded into every view's `ViewState` (partition ids, exact per-partition count, min and
+   max, exact top and bottom lists) on the model's device. A finished block's partition ids
+   are compressed and written as whole chunks on a background thread while the next block
+   runs. Nothing proportional to n x neurons is held: the sample, two blocks of ids and the
+   lists are sized from `memory_budget` (`plan_build`).
+3. The small arrays are written and every view is committed in one manifest update.
+
+Bounds are exact whatever the cuts are, so answers stay exact; the sample only decides how
+tight they are. `extend_views` continues the same state over new inputs with the cuts kept.
 """
 from __future__ import annotations
 
-import ctypes
 import math
-import os
-import threading
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
-import tables
+from filelock import Timeout
 
-from .errors import QueryError
+from . import kernels
+from .errors import IndexWriteError, QueryError
 from .jobs import Job
 from .model import Runner
-from .partition import cut_fractions, partition_block, sample_ids
-from .store import HDF5_LOCK, IndexStore, compress_rows
+from .partition import SAMPLE, cut_fractions, cut_values, pid_dtype, sample_ids, sorted_sample
+from .store import IndexStore, ViewWriter, compress_rows
+from .stream import STAGE_ROWS, ViewState, default_backend
 from .views import View
 
 # P is chosen per view: the largest candidate whose index, measured on a sample of the view's
@@ -36,22 +46,56 @@ P_SAMPLE = 64          # neurons the choice is measured on
 DEFAULT_RATIO = 0.002
 DEFAULT_MIN_LIST = 32   # top and bottom lists hold at least this many inputs (small datasets)
 DEFAULT_SCHEME = "tails"
+DEFAULT_MEMORY = 2 << 30
+MIN_SAMPLE = 256
+SORT_NEURONS = 1024     # neurons whose sample is sorted at a time when placing cuts
 
 
-def choose_partitions(V: np.ndarray, t: int, scheme: str, sample: np.ndarray | None,
-                      budget: float = SIZE_BUDGET) -> tuple[int, float]:
-    """(P, estimated index size / float32 size) for neurons like the rows of `V` (sampled
-    neurons, (rows, n)): the largest of P_CANDIDATES that fits `budget` (else the smallest).
+def list_length(n: int, ratio: float, min_list: int = DEFAULT_MIN_LIST) -> int:
+    """Entries of each top and bottom list: ceil(ratio * n), at least `min_list` (at most n); 0 if ratio is 0."""
+    if ratio <= 0:
+        return 0
+    return min(n, max(int(math.ceil(ratio * n)), min_list))
 
-    The estimate compresses the sample's partition ids and adds what the other arrays take a
-    neuron: bounds 8 P bytes, extreme lists about 10 t bytes.
-    """
-    n = V.shape[1]
+
+@dataclass
+class Plan:
+    """How a build uses its memory budget."""
+
+    sample: int     # inputs whose activations place the cuts (kept through the pass)
+    width: int      # inputs of a block, and of a stored chunk of partition ids
+    bytes: int      # estimated peak bytes of the build's own arrays
+
+
+def plan_build(ms: list[int], n: int, t: int, P: int, batch_size: int, budget: int) -> Plan:
+    """Sample size and block width that keep the build's arrays within `budget` bytes:
+    per neuron the lists (2 t entries of 12 bytes) and partition statistics (16 P bytes),
+    the staged and in-flight batches of activations, then a third of the rest for the sample
+    and the rest for two blocks of partition ids (one filling, one being compressed and written)."""
+    m = max(sum(ms), 1)
+    fixed = m * (24 * t + 16 * P) + 4 * m * (STAGE_ROWS + 4 * batch_size)
+    left = max(budget - fixed, budget // 8)
+    sample = int(min(n, SAMPLE, max(min(n, MIN_SAMPLE), left // 3 // (4 * m))))
+    per_col = 3 * m   # two blocks and the compressed copies
+    width = max(1024, min(1 << 16, 1 << max(int((left - 4 * m * sample) // per_col).bit_length() - 1, 0)))
+    width = min(width, n)
+    return Plan(sample, width, fixed + 4 * m * sample + per_col * width)
+
+
+def choose_partitions(acts: np.ndarray, n: int, t: int, scheme: str, budget: float = SIZE_BUDGET) -> tuple[int, float]:
+    """(P, estimated index size / float32 size) for neurons like the columns of `acts`
+    (sample activations (S, k) of k probe neurons): the largest of P_CANDIDATES that fits
+    `budget` (else the smallest). The estimate compresses the sample's partition ids and adds
+    what the other arrays take a neuron: bounds 8 P bytes, extreme lists about 10 t bytes."""
+    S = sorted_sample(acts, 0, acts.shape[1])
+    A = np.ascontiguousarray(acts, np.float32)
 
     def size(P: int) -> float:
-        pids = partition_block(V, cut_fractions(P, scheme), 0, sample)["pids"]
-        per_neuron = sum(len(c) for c in compress_rows(pids)) / len(V)
-        return (per_neuron + 8 * P + 10 * t) / (4 * n)
+        cuts = kernels.padded_cuts(cut_values(S, cut_fractions(P, scheme)))
+        out = np.empty((A.shape[1], A.shape[0]), pid_dtype(P))
+        kernels.partition_ids(A, cuts, out)
+        per_input = sum(len(c) for c in compress_rows(out)) / max(out.size, 1)
+        return (per_input * n + 8 * P + 10 * t) / (4 * n)
 
     lo, hi = 0, len(P_CANDIDATES) - 1       # candidates fall; sizes fall with them: bisect
     best = None
@@ -65,209 +109,263 @@ def choose_partitions(V: np.ndarray, t: int, scheme: str, sample: np.ndarray | N
     return best or (P_CANDIDATES[-1], size(P_CANDIDATES[-1]))
 
 
-def list_length(n: int, ratio: float, min_list: int = DEFAULT_MIN_LIST) -> int:
-    """Entries of each top and bottom list: ceil(ratio * n), at least `min_list` (at most n); 0 if ratio is 0."""
-    if ratio <= 0:
-        return 0
-    return min(n, max(int(math.ceil(ratio * n)), min_list))
+def _cuts(acts: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    m = acts.shape[1]
+    out = np.empty((m, len(fractions) - 2 if len(fractions) > 2 else 0), np.float32)
+    for s in range(0, m, SORT_NEURONS):
+        out[s:s + SORT_NEURONS] = cut_values(sorted_sample(acts, s, min(m, s + SORT_NEURONS)), fractions)
+    return out
 
 
-SLAB_INPUTS = 8192   # in RAM, activations are kept in slabs of this many inputs
+def _check_space(store: IndexStore, need: int, names: list[str]) -> None:
+    store.path.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(store.path).free
+    if free < need:
+        raise IndexWriteError(f"not enough disk space for view(s) {', '.join(map(repr, names))} at {store.path}: "
+                              f"about {need / 2**20:.1f} MB needed, {free / 2**20:.1f} MB free; the views built before "
+                              "are intact. Free some space or give an index path on another disk")
 
 
-def _populate(arrays: list[np.ndarray], stop: threading.Event, piece: int = 64 << 20) -> None:
-    """Fault the arrays' memory in, in order, without changing it (madvise MADV_POPULATE_WRITE,
-    Linux >= 5.14), so that the inference pass does not wait on page faults; a no-op elsewhere."""
+def _sample_pass(runner: Runner, views: list[View], ids: np.ndarray, ms: list[int], job: Job | None,
+                 total: int) -> list[np.ndarray]:
+    acts = [np.empty((len(ids), m), np.float32) for m in ms]
+    B = runner.batch_size
+    for s in range(0, len(ids), B):
+        part = ids[s:s + B]
+        for a, rows in zip(acts, runner.views(views, part)):
+            a[s:s + len(part)] = rows
+        if job is not None:
+            job.step(s + len(part), total)
+    return acts
+
+
+def _stream(runner: Runner, views: list[View], states: list[ViewState], writers: list[ViewWriter],
+            start: int, stop: int, width: int, sample: np.ndarray, sample_acts: list[np.ndarray],
+            job: Job | None, done: int, total: int) -> dict:
+    """The streaming pass over inputs start..stop (see the module docstring); returns the
+    seconds spent in the model, folding batches in, and waiting for block writes."""
+    B = runner.batch_size
+    clock = {"model": 0.0, "fold": 0.0, "write_wait": 0.0}
+    spare = [np.empty_like(st.pids) for st in states]
+    pending = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="everest-write") as flusher:
+        for b0 in range(start, stop, width):
+            b1 = min(stop, b0 + width)
+            for st in states:
+                st.start_block(b0, b1 - b0)
+            lo, hi = np.searchsorted(sample, [b0, b1])
+            if hi > lo:   # inputs of the sample: their activations are known
+                t = time.perf_counter()
+                for st, a in zip(states, sample_acts):
+                    st.add(a[lo:hi], sample[lo:hi])
+                clock["fold"] += time.perf_counter() - t
+                done += int(hi - lo)
+            rest = np.arange(b0, b1, dtype=np.int64)
+            if hi > lo:
+                rest = np.setdiff1d(rest, sample[lo:hi], assume_unique=True)
+            for s in range(0, len(rest), B):
+                part = rest[s:s + B]
+                t = time.perf_counter()
+                outs = runner.view_tensors(views, part)
+                t2 = time.perf_counter()
+                for st, rows in zip(states, outs):
+                    st.add(rows, part)
+                t3 = time.perf_counter()
+                clock["model"] += t2 - t
+                clock["fold"] += t3 - t2
+                done += len(part)
+                if job is not None:
+                    job.step(done, total)
+            t = time.perf_counter()
+            for st in states:
+                st.flush()
+                st.check_finite()
+            clock["fold"] += time.perf_counter() - t
+            if job is not None:
+                job.step(done, total)
+            t = time.perf_counter()
+            if pending is not None:
+                pending.result()
+            clock["write_wait"] += time.perf_counter() - t
+            blocks = [(w, b0, st.pids[:, :b1 - b0]) for w, st in zip(writers, states)]
+            pending = flusher.submit(lambda bl=blocks: [w.write_block(c0, p) for w, c0, p in bl])
+            for k, st in enumerate(states):   # the next block fills the other buffer
+                st.pids, spare[k] = spare[k], st.pids
+        t = time.perf_counter()
+        if pending is not None:
+            pending.result()
+        clock["write_wait"] += time.perf_counter() - t
+    return clock
+
+
+def _acquire(store: IndexStore, names: list[str], job: Job | None) -> list:
+    """Take the build lock of every view, waiting for other processes' builds of them."""
+    locks = []
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        page = os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        return
-    for a in arrays:
-        start = -(-a.ctypes.data // page) * page
-        end = (a.ctypes.data + a.nbytes) // page * page
-        for p in range(start, end, piece):
-            if stop.is_set() or libc.madvise(ctypes.c_void_p(p), ctypes.c_size_t(min(piece, end - p)), 23) != 0:
-                return
+        for name in names:
+            lock = store.view_lock(name)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                owner = store.view_owner(name)
+                if job is not None:
+                    job.phase = f"waiting: view {name!r} is being built by {owner}"
+                while True:
+                    try:
+                        lock.acquire(timeout=0.25)
+                        break
+                    except Timeout:
+                        if job is not None:
+                            job.step(job.done, job.total)   # lets Cancel through
+                if job is not None:
+                    job.phase = ""
+            locks.append(lock)
+            store.claim_view(name)
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        raise
+    return locks
 
 
-class _Activations:
-    """Neuron-major activations of one view during a build: in RAM (slabs of SLAB_INPUTS
-    inputs by all neurons, filled in order) or in a spill file."""
-
-    def __init__(self, m: int, n: int, in_ram: bool, spill_dir: Path, block_inputs: int):
-        self.m, self.n, self.in_ram = m, n, in_ram
-        self.buf: list[np.ndarray] = []
-        self.buffered = 0
-        self.written = 0
-        self.block_inputs = block_inputs
-        if in_ram:
-            self.slabs = [np.empty((m, min(SLAB_INPUTS, n - s)), np.float32) for s in range(0, n, SLAB_INPUTS)]
-        else:
-            self.path = spill_dir / f".everest-spill-{os.getpid()}-{id(self)}.h5"
-            with HDF5_LOCK:
-                self.h = tables.open_file(str(self.path), "w")
-                chunk_neurons = max(1, min(m, (1 << 20) // (4 * block_inputs)))
-                self.data = self.h.create_carray("/", "a", tables.Float32Atom(), (m, n),
-                                                 chunkshape=(chunk_neurons, block_inputs))
-
-    def add(self, rows: np.ndarray) -> None:
-        """Append activations of the next inputs (rows: (inputs, m))."""
-        if self.in_ram:
-            done = 0
-            while done < len(rows):
-                k, off = divmod(self.written, SLAB_INPUTS)
-                take = min(len(rows) - done, SLAB_INPUTS - off)
-                self.slabs[k][:, off:off + take] = rows[done:done + take].T
-                done += take
-                self.written += take
-            return
-        self.buf.append(rows)
-        self.buffered += len(rows)
-        if self.buffered >= self.block_inputs:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.in_ram or not self.buf:
-            return
-        block = np.concatenate(self.buf)
-        self.buf, self.buffered = [], 0
-        with HDF5_LOCK:
-            self.data[:, self.written:self.written + len(block)] = block.T
-        self.written += len(block)
-
-    def neurons(self, start: int, stop: int) -> np.ndarray:
-        """Activations (stop - start, n) of a block of neurons."""
-        return self.rows(slice(start, stop))
-
-    def rows(self, which: slice | np.ndarray) -> np.ndarray:
-        """Activations (neurons, n) of a slice or an ascending array of neuron ids."""
-        if self.in_ram:
-            width = len(range(self.m)[which]) if isinstance(which, slice) else len(which)
-            out = np.empty((width, self.n), np.float32)
-            for k, slab in enumerate(self.slabs):
-                out[:, k * SLAB_INPUTS:k * SLAB_INPUTS + slab.shape[1]] = slab[which]
-            return out
-        with HDF5_LOCK:
-            if isinstance(which, slice):
-                return self.data[which]
-            return np.stack([self.data[int(j)] for j in which])
-
-    def close(self) -> None:
-        if not self.in_ram:
-            with HDF5_LOCK:
-                self.h.close()
-            self.path.unlink(missing_ok=True)
-        self.slabs = self.data = None
-
-
-def _check_finite(V: np.ndarray, neurons: np.ndarray, view: str) -> None:
-    finite = np.isfinite(V).all(axis=1)
-    if not finite.all():
-        bad = int(neurons[np.flatnonzero(~finite)[0]])
-        raise QueryError(f"view {view!r}: neuron {bad} has NaN or infinite activations; the index needs "
-                         "finite values (check the model's outputs or pick another layer)")
-
-
-def _block_arrays(acts: _Activations, start: int, stop: int, fractions: np.ndarray, t: int,
-                  sample: np.ndarray | None, view: str) -> dict:
-    """One block's index arrays with compressed partition ids (runs on a worker thread)."""
-    V = acts.neurons(start, stop)
-    _check_finite(V, np.arange(start, stop), view)
-    arrays = partition_block(V, fractions, t, sample)
-    arrays["pids"] = compress_rows(arrays["pids"])
-    return arrays
+@contextmanager
+def _building(store: IndexStore, names: list[str], job: Job | None) -> Iterator[list[ViewWriter]]:
+    """Hold the build locks of `names`; yields the list the build adds its writers to, whose
+    files are removed if the build fails or is cancelled."""
+    try:
+        locks = _acquire(store, names, job)
+    except OSError as e:
+        raise IndexWriteError(f"cannot build views {names} in the index folder {store.path}: it is read-only or "
+                              f"not writable ({e.strerror or e}); give an index path you can write") from e
+    writers: list[ViewWriter] = []
+    try:
+        yield writers
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    finally:
+        for lock in locks:
+            lock.release()
 
 
 def build_views(runner: Runner, store: IndexStore, views: list[View], job: Job | None = None,
                 partitions: int | None = None, ratio: float = DEFAULT_RATIO, scheme: str = DEFAULT_SCHEME,
-                memory_budget: int = 4 << 30, min_list: int = DEFAULT_MIN_LIST,
-                size_budget: float = SIZE_BUDGET) -> dict:
-    """Build (or rebuild) `views` into the index in one inference pass; return build stats.
+                memory_budget: int = DEFAULT_MEMORY, min_list: int = DEFAULT_MIN_LIST,
+                size_budget: float = SIZE_BUDGET, rebuild: bool = True, backend: str | None = None) -> dict:
+    """Build `views` into the index in one streaming pass; return build stats per view.
 
+    Views another process is building are waited for; with `rebuild=False` a view that is
+    complete once its lock is held (e.g. built by that process) is skipped.
     `partitions=None` chooses P per view (`choose_partitions` with `size_budget`)."""
+    with _building(store, [v.name for v in views], job) as writers:
+        store.refresh()
+        if not rebuild:
+            views = [v for v in views if v.name not in store.views]
+        if not views:
+            return {}
+        return _build(runner, store, views, job, partitions, ratio, scheme, memory_budget, min_list, size_budget,
+                      backend, writers)
+
+
+def _build(runner, store, views, job, partitions, ratio, scheme, memory_budget, min_list, size_budget,
+           backend, writers) -> dict:
     t0 = time.perf_counter()
     n = runner.data.n
+    backend = backend or default_backend(runner.device)
     shapes = runner.view_shapes(views)
     ms = [int(np.prod(s)) for s in shapes]
-    total_bytes = 4 * n * sum(ms)
-    in_ram = total_bytes <= memory_budget
-    row_bytes = 4 * sum(ms)
-    block_inputs = max(runner.batch_size, (memory_budget // 4) // max(row_bytes, 1) // runner.batch_size * runner.batch_size)
-    block_inputs = min(block_inputs, max(n, 1))
-    acts = [_Activations(m, n, in_ram, store.path.parent, block_inputs) for m in ms]
-    populating = threading.Event()   # set: stop faulting memory in
-    if in_ram:   # slab by slab in input order, as the pass fills them
-        slabs = [slab for k in range(-(-n // SLAB_INPUTS)) for a in acts for slab in a.slabs[k:k + 1]]
-        threading.Thread(target=_populate, args=(slabs, populating), daemon=True, name="everest-populate").start()
-    work_total = n + sum(ms)
-    writer = None
-    stats: dict = {}
-    try:
-        # 1. one inference pass
-        for s in range(0, n, runner.batch_size):
-            ids = np.arange(s, min(s + runner.batch_size, n))
-            for a, rows in zip(acts, runner.views(views, ids)):
-                a.add(rows)
-            if job is not None:
-                job.step(int(ids[-1]) + 1, work_total)
-        for a in acts:
-            a.flush()
-        t_inf = time.perf_counter() - t0
-        # 2. partitions and top lists, a block of neurons at a time, on worker threads
-        writer = store.writer()
-        t = list_length(n, ratio, min_list)
-        sample = sample_ids(n)
-        done = n
-        workers = max(1, min(2, os.cpu_count() or 1))
-        per_neuron = 16 * n * (workers + 1)
-        block = int(max(1, min(256, (memory_budget // 4) // max(per_neuron, 1))))
-        for v, shape, m, a in zip(views, shapes, ms, acts):
-            tv = time.perf_counter()
-            P, estimate = partitions, None
-            if P is None:
-                probe = np.unique(np.linspace(0, m - 1, min(m, P_SAMPLE)).astype(np.int64))
-                V = a.rows(probe)
-                _check_finite(V, probe, v.name)
-                P, estimate = choose_partitions(V, t, scheme, sample, size_budget)
-            fractions = cut_fractions(P, scheme)
-            g = writer.create_view(v.name, v.definition(), shape, m, n, P, scheme, fractions, ratio, t)
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                pending = []   # at most `workers` blocks ahead of the writer, to bound memory
-                for start in range(0, m, block):
-                    stop = min(m, start + block)
-                    fut = pool.submit(_block_arrays, a, start, stop, fractions, t, sample, v.name)
-                    pending.append((start, stop, fut))
-                    if len(pending) > workers:
-                        done = _drain(pending.pop(0), writer, g, job, done, work_total)
-                for item in pending:
-                    done = _drain(item, writer, g, job, done, work_total)
-            build = {"seconds_total": time.perf_counter() - t0, "seconds_inference": t_inf,
-                     "seconds_partition": time.perf_counter() - tv, "spilled": not in_ram,
-                     "memory_budget": memory_budget, "activation_bytes": total_bytes,
-                     "batch_size": runner.batch_size, "device": str(runner.device), "n": n,
-                     "cut_sample": 0 if sample is None else len(sample), "min_list": min_list,
-                     "partitions": "auto" if partitions is None else partitions, "size_budget": size_budget,
-                     "estimated_size_ratio": estimate,
-                     "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            writer.finish_view(g, build)
-            stats[v.name] = build
-        writer.commit()
-        return stats
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    finally:
-        populating.set()
-        for a in acts:
-            a.close()
-
-
-def _drain(item, writer, g, job: Job | None, done: int, total: int) -> int:
-    start, stop, fut = item
-    writer.write_rows(g, start, fut.result())
-    done += stop - start
+    t = list_length(n, ratio, min_list)
+    plan = plan_build(ms, n, t, partitions or max(P_CANDIDATES), runner.batch_size, memory_budget)
+    sample = sample_ids(n, plan.sample)
+    total = len(sample) + n
     if job is not None:
-        job.step(done, total)
-    return done
+        job.phase = "sample"
+    sample_acts = _sample_pass(runner, views, sample, ms, job, total)
+    t_sample = time.perf_counter() - t0
+    states, settings = [], []
+    need = 64 << 10
+    for v, shape, m, acts in zip(views, shapes, ms, sample_acts):
+        if not np.isfinite(acts).all():
+            bad = int(np.flatnonzero(~np.isfinite(acts).all(axis=0))[0])
+            raise QueryError(f"view {v.name!r}: neuron {bad} has NaN or infinite activations; the index needs "
+                             "finite values (check the model's outputs or pick another layer)")
+        P, estimate = partitions, None
+        if P is None:
+            probe = np.unique(np.linspace(0, m - 1, min(m, P_SAMPLE)).astype(np.int64))
+            P, estimate = choose_partitions(acts[:, probe], n, t, scheme, size_budget)
+        fractions = cut_fractions(P, scheme)
+        cuts = _cuts(acts, fractions)
+        states.append(ViewState(v.name, cuts, t, plan.width, backend, runner.device))
+        settings.append((P, fractions, cuts, estimate))
+        need += int(4 * n * m * (estimate if estimate is not None else 0.3) * 1.2)
+    _check_space(store, need, [v.name for v in views])
+    for v, shape, m, (P, fractions, cuts, estimate) in zip(views, shapes, ms, settings):
+        writers.append(store.writer(v.name, definition=v.definition(), shape=shape, m=m, start=0, stop=n, P=P,
+                                    scheme=scheme, fractions=fractions, ratio=ratio, t=t, width=plan.width,
+                                    cuts=cuts, need_bytes=need))
+    if job is not None:
+        job.phase = "pass"
+    t1 = time.perf_counter()
+    clock = _stream(runner, views, states, writers, 0, n, plan.width, sample, sample_acts, job, len(sample), total)
+    del sample_acts
+    t_pass = time.perf_counter() - t1
+    stats = {}
+    for v, st, w, (P, fractions, cuts, estimate) in zip(views, states, writers, settings):
+        build = {"seconds_total": time.perf_counter() - t0, "seconds_sample": t_sample, "seconds_pass": t_pass,
+                 "seconds_inference": t_sample + clock["model"], "seconds_partition": clock["fold"] + clock["write_wait"],
+                 "seconds_fold": clock["fold"], "seconds_write_wait": clock["write_wait"],
+                 "memory_budget": memory_budget, "planned_bytes": plan.bytes, "cut_sample": len(sample),
+                 "block_inputs": plan.width, "backend": backend, "batch_size": runner.batch_size,
+                 "device": str(runner.device), "n": n, "min_list": min_list, "P": P,
+                 "partitions": "auto" if partitions is None else partitions, "size_budget": size_budget,
+                 "estimated_size_ratio": estimate, "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        w.finish(st.finish(), build)
+        stats[v.name] = build
+    store.commit(writers)
+    return stats
+
+
+def extend_views(runner: Runner, store: IndexStore, views: list[View], start: int, fingerprint: str,
+                 job: Job | None = None, memory_budget: int = DEFAULT_MEMORY, backend: str | None = None) -> dict:
+    """Add inputs start..runner.data.n to every view of the index (which must be `views`):
+    the cuts stay, bounds and lists are merged, one new segment file a view, one commit."""
+    n = runner.data.n
+    names = [v.name for v in views]
+    with _building(store, names, job) as writers:
+        store.refresh()
+        if set(store.views) != set(names):
+            raise QueryError(f"extend needs every view of the index: {sorted(store.views)}")
+        t0 = time.perf_counter()
+        backend = backend or default_backend(runner.device)
+        infos = [store.view(v) for v in names]
+        plan = plan_build([i.m for i in infos], n - start, infos[0].t if infos else 0,
+                          max(i.P for i in infos) if infos else 1, runner.batch_size, memory_budget)
+        states = []
+        need = 64 << 10
+        for info in infos:
+            counts, bounds = store.summary(info.name)
+            prev = {"counts": counts, "bounds": bounds}
+            seg = info.segments[-1]
+            with store._reading(info, seg) as h:
+                for k in ("top_ids", "top_vals", "bot_ids", "bot_vals"):
+                    prev[k] = h.get_node(f"/{k}")[:][:, :info.t]
+            cuts = store.cuts(info.name)[:, :info.P - 1]
+            states.append(ViewState(info.name, cuts, info.t, plan.width, backend, runner.device, previous=prev))
+            need += int(info.bytes_on_disk / max(info.n, 1) * (n - start) * 1.5)
+        _check_space(store, need, names)
+        for info, st in zip(infos, states):
+            writers.append(store.writer(info.name, definition=info.definition, shape=info.shape, m=info.m,
+                                        start=start, stop=n, P=info.P, scheme=info.scheme,
+                                        fractions=cut_fractions(info.P, info.scheme), ratio=info.ratio, t=info.t,
+                                        width=plan.width, cuts=st.cuts, need_bytes=need))
+        empty = np.zeros(0, np.int64)
+        _stream(runner, views, states, writers, start, n, plan.width, empty, [None] * len(views), job, 0, n - start)
+        stats = {}
+        for v, st, w in zip(views, states, writers):
+            build = {"seconds_total": time.perf_counter() - t0, "inputs": [start, n], "backend": backend,
+                     "block_inputs": plan.width, "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            w.finish(st.finish(), build)
+            stats[v.name] = build
+        store.commit(writers, extend=(n, fingerprint))
+        return stats

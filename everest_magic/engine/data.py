@@ -82,3 +82,45 @@ def _item_bytes(x: Any) -> bytes:
     if isinstance(x, dict):
         return b"|".join(k.encode() + b"=" + _item_bytes(v) for k, v in sorted(x.items()))
     return repr(x).encode()
+
+
+def concat_data(old: Any, new: Any) -> Any:
+    """`old` followed by `new`, of the same kind: tensors, ndarrays, lists, torch Datasets
+    (a ConcatDataset) or other sequences (a read-only view of both)."""
+    if isinstance(old, torch.Tensor) and isinstance(new, (torch.Tensor, np.ndarray)):
+        new = torch.as_tensor(new)
+        if new.shape[1:] == old.shape[1:] and new.dtype != old.dtype:
+            new = new.to(old.dtype)
+        if new.shape[1:] != old.shape[1:]:
+            raise QueryError(f"new inputs have shape {tuple(new.shape[1:])}; the dataset's have {tuple(old.shape[1:])}")
+        return torch.cat([old, new.to(old.device)])
+    if isinstance(old, np.ndarray) and isinstance(new, np.ndarray):
+        if new.shape[1:] != old.shape[1:]:
+            raise QueryError(f"new inputs have shape {new.shape[1:]}; the dataset's have {old.shape[1:]}")
+        return np.concatenate([old, new.astype(old.dtype, copy=False)])
+    if isinstance(old, list) and isinstance(new, (list, tuple)):
+        return old + list(new)
+    if isinstance(old, torch.utils.data.Dataset) and isinstance(new, torch.utils.data.Dataset):
+        return torch.utils.data.ConcatDataset([old, new])
+    try:
+        len(new)
+    except TypeError as e:
+        raise QueryError(f"new inputs must be a sequence like the dataset ({type(old).__name__}), "
+                         f"got {type(new).__name__}") from e
+    return _Concat(old, new)
+
+
+class _Concat:
+    """Two sequences read as one."""
+
+    def __init__(self, a: Any, b: Any):
+        self.a, self.b = a, b
+
+    def __len__(self) -> int:
+        return len(self.a) + len(self.b)
+
+    def __getitem__(self, i: int) -> Any:
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        return self.a[i] if i < len(self.a) else self.b[i - len(self.a)]

@@ -40,6 +40,14 @@ class IndexFormatError(EverestError):
     """The index file is not a complete everest index of a supported format version."""
 
 
+class IndexWriteError(EverestError):
+    """The index could not be written (disk full, quota, read-only folder); nothing was lost."""
+
+
+class IndexBusyError(EverestError):
+    """Another process is building the same view."""
+
+
 class JobCancelled(EverestError):
     """The job was cancelled before it finished."""
 

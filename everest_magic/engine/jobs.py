@@ -37,6 +37,7 @@ class Job:
         self._thread: threading.Thread | None = None
         self.context = contextvars.copy_context()   # the caller's context (e.g. its notebook cell)
         self.queue: str | None = None
+        self.phase = ""           # what the job is doing now, when it has stages (e.g. "index conv1")
         if start:
             self.start()
 
@@ -201,9 +202,9 @@ class JobManager:
         return [j for j in self.jobs.values() if j.status in ("failed", "cancelled")]
 
     def status(self) -> list[dict]:
-        """One row per job: id, description, status, done, total, seconds."""
-        return [{"id": j.id, "description": j.description, "status": j.status, "done": j.done, "total": j.total,
-                 "progress": j.progress, "seconds": round(j.seconds, 2), "queue": j.queue,
+        """One row per job: id, description, status, phase, done, total, progress, seconds, queue, error."""
+        return [{"id": j.id, "description": j.description, "status": j.status, "phase": j.phase, "done": j.done,
+                 "total": j.total, "progress": j.progress, "seconds": round(j.seconds, 2), "queue": j.queue,
                  "error": "" if j.error is None else str(j.error)} for j in self.jobs.values()]
 
     def shutdown(self, timeout: float = 10.0) -> None:

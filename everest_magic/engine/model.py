@@ -123,18 +123,22 @@ class Runner:
         """
         ids = np.asarray(ids, dtype=np.int64)
         sizes = sorted(sizes or (self.batch_size,))
-        big = sizes[-1]
         chunks: list[list[np.ndarray]] = [[] for _ in views]
-        layers = sorted({v.layer for v in views})
-        for s in range(0, len(ids), big):
-            part = ids[s:s + big]
-            size = next(b for b in sizes if b >= len(part))
-            padded = np.concatenate([part, np.full(size - len(part), part[0])]) if len(part) < size else part
-            batch = self.data.batch(padded)
-            outs = self.capture(layers, batch)
-            for j, v in enumerate(views):
-                chunks[j].append(v.apply(outs[v.layer], batch)[: len(part)].cpu().numpy())
+        for s in range(0, len(ids), sizes[-1]):
+            for j, out in enumerate(self.view_tensors(views, ids[s:s + sizes[-1]], sizes)):
+                chunks[j].append(out.cpu().numpy())
         return [np.concatenate(c) if c else np.zeros((0, 0), np.float32) for c in chunks]
+
+    def view_tensors(self, views: Sequence[View], ids: np.ndarray, sizes: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Activations of `views` for at most max(sizes) inputs, as float32 tensors (len(ids),
+        neurons) on the model's device: one batch of the smallest allowed size that holds them."""
+        ids = np.asarray(ids, dtype=np.int64)
+        sizes = sorted(sizes or (self.batch_size,))
+        size = next(b for b in sizes if b >= len(ids))
+        padded = np.concatenate([ids, np.full(size - len(ids), ids[0])]) if len(ids) < size else ids
+        batch = self.data.batch(padded)
+        outs = self.capture(sorted({v.layer for v in views}), batch)
+        return [v.apply(outs[v.layer], batch)[: len(ids)] for v in views]
 
     def view_shapes(self, views: Sequence[View]) -> list[tuple]:
         """Per-input shape of each view (runs one batch)."""

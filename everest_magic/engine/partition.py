@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 SCHEMES = ("tails", "equi")
-SAMPLE = 8192   # cut values come from this many inputs when n > 2 * SAMPLE
+SAMPLE = 8192   # cut values come from a sample of at most this many inputs
 
 
 def cut_fractions(P: int, scheme: str = "tails") -> np.ndarray:
@@ -53,39 +53,39 @@ def pid_dtype(P: int) -> np.dtype:
     return np.dtype(np.uint8 if P <= 256 else np.uint16)
 
 
-def sample_ids(n: int, seed: int = 0) -> np.ndarray | None:
-    """The inputs whose values place the cuts (sorted), or None to use all of them."""
-    if n <= 2 * SAMPLE:
-        return None
-    return np.sort(np.random.default_rng(seed).choice(n, SAMPLE, replace=False))
+def sample_ids(n: int, size: int = SAMPLE, seed: int = 0) -> np.ndarray:
+    """The inputs whose values place the cuts (sorted): all of them when n <= size."""
+    if n <= size:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False)).astype(np.int64)
 
 
-def cut_values(S: np.ndarray, fractions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(cuts (rows, P-1) float32, own_min (rows,) bool) of rows `S` (sorted ascending).
+def cut_values(S: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    """Cuts (rows, P-1) float32 of rows `S` (each a sorted sample of one neuron's values).
 
-    Every cut is a value of its row, except where `own_min`: there the first cut lies just
-    above the row's minimum, which gets partition 0 to itself.
+    Cuts sit at the scheme's rank fractions of the sample. Where at least `fractions[1]` of
+    the sample (and two values) share the row's minimum (a ReLU's zeros), the first cut lies
+    just above that minimum, so it gets partition 0 to itself, and the other cuts split the
+    rest of the sample by the same scheme with P-1 partitions. A sample of one value gets
+    partition 0; every value above it falls in the last partition.
     """
     b, ns = S.shape
     P = len(fractions) - 1
-    cuts = np.empty((b, max(P - 1, 0)), np.float32)
-    own_min = np.zeros(b, bool)
-    if P < 2:
-        return cuts, own_min
-    inner = fractions[1:-1]
-    rest = _rescale(fractions, P - 1)
-    for i in range(b):
-        s = S[i]
-        z = int(np.searchsorted(s, s[0], side="right"))
-        if P > 2 and z < ns and z >= max(2, fractions[1] * ns):
-            first = np.nextafter(s[0], np.float32(np.inf), dtype=np.float32)
-            ranks = z + np.round(rest * (ns - z)).astype(np.int64)
-            cuts[i, 0] = first
-            cuts[i, 1:] = s[np.clip(ranks, z, ns - 1)]      # all > s[0], so >= first
-            own_min[i] = True
-        else:
-            cuts[i] = s[np.clip(np.round(inner * ns).astype(np.int64), 0, ns - 1)]
-    return cuts, own_min
+    if P < 2 or ns == 0:
+        return np.zeros((b, max(P - 1, 0)), np.float32)
+    idx = np.clip(np.round(fractions[1:-1] * ns).astype(np.int64), 0, ns - 1)
+    cuts = np.ascontiguousarray(S[:, idx], dtype=np.float32)
+    z = (S == S[:, :1]).sum(axis=1)                      # sample values equal to the row's min
+    own = (P > 2) & (z < ns) & (z >= np.maximum(2, fractions[1] * ns))
+    if own.any():
+        rest = _rescale(fractions, P - 1)
+        zo = z[own][:, None]
+        ranks = np.clip(zo + np.round(rest[None, :] * (ns - zo)).astype(np.int64), zo, ns - 1)
+        cuts[own, 0] = np.nextafter(S[own, 0], np.float32(np.inf), dtype=np.float32)
+        cuts[own, 1:] = np.take_along_axis(S[own], ranks, axis=1)    # all > the min, so >= the first cut
+    const = z == ns   # the whole sample is one value: it gets partition 0, anything above the last one
+    cuts[const] = np.nextafter(S[const, :1], np.float32(np.inf), dtype=np.float32)
+    return cuts
 
 
 def _rescale(fractions: np.ndarray, P: int) -> np.ndarray:
@@ -94,79 +94,9 @@ def _rescale(fractions: np.ndarray, P: int) -> np.ndarray:
     return cut_fractions(max(P, 1), scheme)[1:-1]
 
 
-def partition_ids(V: np.ndarray, cuts: np.ndarray, out: np.ndarray) -> None:
-    """Partition id of every value of a few rows (the number of cuts <= v) into `out`."""
-    if cuts.shape[1] <= 48:   # whole-block comparisons: few, long numpy calls (threads scale)
-        out[:] = 0
-        for j in range(cuts.shape[1]):
-            out += V >= cuts[:, j:j + 1]
-        return
-    for i in range(len(V)):
-        out[i] = np.searchsorted(cuts[i], V[i], side="right")
-
-
-def partition_block(V: np.ndarray, fractions: np.ndarray, t: int,
-                    sample: np.ndarray | None = None, rows: int = 16) -> dict[str, np.ndarray]:
-    """Index arrays for a block of neurons. `V`: (neurons, n) float32, finite.
-
-    `sample`: the input ids whose values place the cuts (None: all inputs). The work runs
-    `rows` neurons at a time, in long numpy calls that release the GIL.
-    """
-    b, n = V.shape
-    P = len(fractions) - 1
-    S = np.sort(V if sample is None else V[:, sample], axis=1)
-    cuts, own_min = cut_values(S, fractions)
-    pids = np.empty((b, n), pid_dtype(P))
-    counts = np.zeros((b, P), np.uint32)
-    hi = np.full((b, P), -np.inf, np.float32)
-    for s in range(0, b, rows):
-        e = min(b, s + rows)
-        partition_ids(V[s:e], cuts[s:e], pids[s:e])
-        flat = (pids[s:e] + (P * np.arange(e - s))[:, None]).ravel()   # (row, partition) as one index
-        counts[s:e] = np.bincount(flat, minlength=(e - s) * P).reshape(e - s, P)
-        np.maximum.at(hi[s:e].reshape(-1), flat, V[s:e].reshape(-1))
-    # a partition's min is its lower cut (a value of the row that falls in it), partition 0's
-    # the row's min; after an own-min cut, partition 1's min is the row's least value above it
-    lo = np.empty((b, P), np.float32)
-    lo[:, 0] = V.min(axis=1)
-    lo[:, 1:] = cuts
-    if own_min.any():
-        W = V[own_min]
-        lo[own_min, 1] = np.min(W, axis=1, where=W >= cuts[own_min, :1], initial=np.inf)
-    bounds = np.stack([lo, hi], axis=-1)
-    bounds[counts == 0] = np.nan
-    t = min(t, n)
-    lists = {name: np.zeros((b, t), dt) for name, dt in
-             (("top_ids", np.uint32), ("top_vals", np.float32), ("bot_ids", np.uint32), ("bot_vals", np.float32))}
-    if t:
-        for i in range(b):
-            args = (V[i], pids[i], counts[i], lo[i], hi[i], t)
-            lists["top_ids"][i], lists["top_vals"][i] = extreme_list(*args, highest=True)
-            lists["bot_ids"][i], lists["bot_vals"][i] = extreme_list(*args, highest=False)
-    return {"pids": pids, "counts": counts, "bounds": bounds, **lists}
-
-
-def extreme_list(v: np.ndarray, p: np.ndarray, counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, t: int,
-                 highest: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The t best inputs of one row by (value desc, id asc) (value asc with `highest=False`).
-
-    Only the partitions at that end holding at least t inputs are looked at.
-    """
-    P = len(counts)
-    order = range(P - 1, -1, -1) if highest else range(P)
-    total, edge = 0, 0
-    for j in order:
-        total += int(counts[j])
-        edge = j
-        if total >= t:
-            break
-    if not highest and edge == 0 and lo[0] == hi[0]:   # one value (a ReLU's zeros): the smallest ids
-        ids = np.flatnonzero(p == 0)[:t]
-        return ids.astype(np.uint32), np.full(t, lo[0], np.float32)
-    cand = np.flatnonzero(p >= edge) if highest else np.flatnonzero(p <= edge)
-    vals = v[cand]
-    best = np.argsort(-vals if highest else vals, kind="stable")[:t]   # stable: ties keep id order
-    return cand[best].astype(np.uint32), vals[best]
+def sorted_sample(acts: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Neurons start..stop of sample activations (S, m), as sorted rows (stop - start, S)."""
+    return np.sort(np.ascontiguousarray(acts[:, start:stop].T), axis=1)
 
 
 def partition_members(pids: np.ndarray, j: int) -> np.ndarray:

@@ -52,6 +52,8 @@ class Context(Protocol):
 
     def walk_steps(self, view: str) -> Iterator[int]: ...
 
+    def walk_plan(self, view: str) -> int: ...
+
 
 @dataclass(frozen=True)
 class Scoring:
@@ -276,6 +278,8 @@ def threshold_walk(ctx: Context, view: str, neurons: np.ndarray, k: int, allowed
                    stats: QueryStats) -> tuple[np.ndarray, np.ndarray]:
     """The k inputs with the largest key (ties: smaller id), visiting best bounds first."""
     ub, exact, stats.inputs_exact_from_index = bounds(ctx, view, neurons, sc)
+    plan = getattr(ctx, "walk_plan", None)
+    stats.walk_plan = f"first batch {plan(view)}, then half of what was recomputed" if plan else ""
     ex = np.flatnonzero(exact & allowed)
     best_keys, best_ids = merge_best(np.empty(0), np.empty(0, np.int64), ub[ex], ex, k)
     steps = ctx.walk_steps(view)

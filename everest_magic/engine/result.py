@@ -15,9 +15,12 @@ class QueryStats:
     method: str = "index"          # "index" (threshold algorithm) or "scan"
     reason: str = ""               # why a scan was used, when it was
     inputs_recomputed: int = 0     # inputs run through the model for this query
+    rows_run: int = 0              # rows the model ran for it: the inputs, the padding of short
+                                   # batches, and a view's first batch-size check when it paid it
     inputs_from_cache: int = 0     # inputs whose activations came from the cache
     inputs_exact_from_index: int = 0  # inputs scored from exact top/bottom lists alone
     batches: int = 0               # model batches run
+    walk_plan: str = ""            # the threshold walk's batch plan (see Session.walk_steps)
     seconds: float = 0.0
 
     @property

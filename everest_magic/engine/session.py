@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from . import query as Q
-from .build import DEFAULT_MIN_LIST, DEFAULT_RATIO, DEFAULT_SCHEME, SIZE_BUDGET, build_views
+from .build import (DEFAULT_MEMORY, DEFAULT_MIN_LIST, DEFAULT_RATIO, DEFAULT_SCHEME, SIZE_BUDGET, build_views,
+                    extend_views)
 from .cache import ActivationCache
-from .data import Collate, DataAdapter
+from .data import Collate, DataAdapter, concat_data
 from .errors import QueryError, UnknownNameError
 from .jobs import Job, JobManager
 from .model import Forward, Runner, model_fingerprint
@@ -24,6 +25,7 @@ from .views import REDUCTIONS, View, ViewFn
 
 NeuronSpec = Any  # int, tuple of ints, or a sequence of those
 WALK_NEED = 32    # inputs a typical threshold walk recomputes (sizes its first batch)
+WALK_PLANS = (8, 32, 128)   # first batch of a walk: one of these, so that a plan is reproducible
 
 
 class Session:
@@ -35,7 +37,9 @@ class Session:
 
     The model runs on `device` ("auto": cuda when present, else cpu) in batches of
     `batch_size`; views are built lazily on their first query unless `lazy=False`.
-    An index built for other weights or other data is refused; `rebuild=True` discards it.
+    The index is a folder (`index`; a temporary one when None) with one file per view; an
+    index built for other weights or other data is refused; `rebuild=True` discards it.
+    Builds stream over the data once, holding at most about `memory_budget` bytes.
 
     Index settings: `partitions` (P; default: per view, the largest of 64, 48, ... 4 whose
     index fits `size_budget` (0.14) of the view's float32 size, measured on a sample of its
@@ -47,7 +51,7 @@ class Session:
     def __init__(self, model: torch.nn.Module, data: Any, index: str | os.PathLike | None = None, *,
                  labels: Sequence | np.ndarray | None = None, collate: Collate | None = None,
                  forward: Forward | None = None, device: str = "auto", batch_size: int = 64,
-                 memory_budget: int = 4 << 30, cache_bytes: int = 512 << 20,
+                 memory_budget: int = DEFAULT_MEMORY, cache_bytes: int = 512 << 20,
                  partitions: int | None = None, ratio: float = DEFAULT_RATIO, scheme: str = DEFAULT_SCHEME,
                  min_list: int = DEFAULT_MIN_LIST, size_budget: float = SIZE_BUDGET,
                  index_cache_bytes: int = 64 << 20,
@@ -75,15 +79,14 @@ class Session:
         self._tmpdir = None
         if index is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="everest-")
-            index = Path(self._tmpdir.name) / "index.h5"
+            index = Path(self._tmpdir.name) / "index"
         self.index_path = Path(index)
-        if rebuild and self.index_path.exists():
-            self.index_path.unlink()
         self.model_fingerprint = model_fingerprint(model)
         self.store = IndexStore(self.index_path, self.model_fingerprint, self.data.fingerprint(), self.n,
-                                cache_bytes=index_cache_bytes)
+                                cache_bytes=index_cache_bytes, rebuild=rebuild)
         # view -> (batch sizes bit-identical to batch_size, (c0, c1): seconds a batch = c0 + c1 * size)
         self._batching: dict[str, tuple[tuple[int, ...], tuple[float, float]]] = {}
+        self._check_rows: dict[str, int] = {}   # rows each view's batch-size check ran
         self._custom: dict[str, View] = {}
         self._model_lock = threading.RLock()
         self._build_lock = threading.RLock()
@@ -136,8 +139,12 @@ class Session:
 
     # -- building -------------------------------------------------------------------------
     def build_index(self, views: str | Iterable[str], wait: bool = False, *, partitions: int | None = None,
-                    ratio: float | None = None, scheme: str | None = None) -> Job:
-        """Build views in one inference pass, on a background thread; returns the Job."""
+                    ratio: float | None = None, scheme: str | None = None, rebuild: bool = False) -> Job:
+        """Build views in one streaming inference pass, on a background thread; returns the Job.
+
+        Views already complete in the index are left as they are (the job's result says
+        `{"view": {"skipped": "already indexed"}}`) unless `rebuild=True`. A view another
+        process is building is waited for (the job's `phase` says so), then skipped."""
         names = [views] if isinstance(views, str) else list(views)
         vs = [self.view(v) for v in names]
         if not vs:
@@ -152,12 +159,19 @@ class Session:
 
         def work(job: Job):
             with self._build_lock:
-                runner = _LockedRunner(self.runner, self._model_lock)
-                stats = build_views(runner, self.store, vs, job, partitions=P, ratio=r, scheme=sch,
-                                    memory_budget=self.memory_budget, min_list=self.min_list,
-                                    size_budget=self.size_budget)
-            for v in vs:   # settle the query batch sizes now, in the background
-                self.batch_sizes(v.name)
+                self.store.refresh()
+                todo = [v for v in vs if rebuild or v.name not in self.store.views]
+                stats = {v.name: {"skipped": "already indexed"} for v in vs if v not in todo}
+                if todo:
+                    runner = _LockedRunner(self.runner, self._model_lock)
+                    built = build_views(runner, self.store, todo, job, partitions=P, ratio=r, scheme=sch,
+                                        memory_budget=self.memory_budget, min_list=self.min_list,
+                                        size_budget=self.size_budget, rebuild=rebuild)
+                    stats.update(built)
+                    stats.update({v.name: {"skipped": "built by another process"} for v in todo if v.name not in built})
+            for v in vs:   # settle the query batch sizes and walk plan now, in the background
+                if v.name in self.store.views:
+                    self.walk_plan(v.name)
             return stats
 
         desc = f"index {' '.join(names)}"
@@ -170,6 +184,51 @@ class Session:
             self._builds[v.name] = job
         return job
 
+    def extend(self, inputs: Any, labels: Sequence | np.ndarray | None = None, wait: bool = True) -> Job:
+        """Append `inputs` (of the same kind as the session's data) to the dataset and to every
+        view of the index, without a rebuild: the cuts stay, bounds and lists are merged.
+
+        The new inputs get ids n, n+1, ...; answers over the grown dataset equal brute force.
+        Reopen the index later with the grown data (old + new, in that order)."""
+        grown = concat_data(self.data.data, inputs)
+        new_labels = None
+        if self.labels is not None or labels is not None:
+            if self.labels is None or labels is None:
+                raise QueryError("the session has labels: give labels= for the new inputs too" if labels is None
+                                 else "labels given for the new inputs, but the session has none")
+            new_labels = np.concatenate([self.labels, np.asarray(labels)])
+        adapter = DataAdapter(grown, self.data.collate)
+        if len(adapter) == self.n:
+            raise QueryError("no new inputs to add")
+        if new_labels is not None and len(new_labels) != len(adapter):
+            raise QueryError(f"{len(new_labels) - self.n} labels for {len(adapter) - self.n} new inputs")
+
+        def work(job: Job):
+            with self._build_lock:
+                self.store.refresh()
+                views = [self.view(name) for name in self.store.views]
+                start, old = self.n, self.data
+                with self._model_lock:
+                    self.runner.data = adapter
+                try:
+                    stats = extend_views(_LockedRunner(self.runner, self._model_lock), self.store, views, start,
+                                         adapter.fingerprint(), job, memory_budget=self.memory_budget)
+                except BaseException:
+                    with self._model_lock:
+                        self.runner.data = old
+                    raise
+                self.data, self.n = adapter, len(adapter)
+                if new_labels is not None:
+                    self.labels = new_labels
+            return stats
+
+        desc = f"extend by {len(adapter) - self.n} inputs"
+        if wait:
+            job = Job(work, desc, start=False)
+            job.run_here()
+            return job
+        return self.jobs.submit(work, desc, queue_name=f"{self.runner.device}/index")
+
     def submit(self, fn, description: str = "") -> Job:
         """Run `fn(job)` on the session's model queue (a background thread); returns the Job."""
         return self.jobs.submit(fn, description, queue_name=str(self.runner.device))
@@ -178,6 +237,11 @@ class Session:
         """The view's index, building it now when missing and the session is lazy."""
         v = self.view(view)
         if v.name not in self.store.views:
+            self.store.refresh()   # another process may have built it
+        if v.name not in self.store.views:
+            if not os.access(self.index_path if self.index_path.exists() else self.index_path.parent, os.W_OK):
+                raise QueryError(f"view {v.name!r} is not in the index and the index {str(self.index_path)!r} is "
+                                 f"read-only; indexed views: {sorted(self.store.views) or 'none'}")
             if not self.lazy:
                 raise QueryError(f"view {v.name!r} is not indexed; run session.build_index([{v.name!r}])")
             pending = self._builds.get(v.name)
@@ -208,28 +272,48 @@ class Session:
         ref, t = _timed(self.runner.views, [v], ids, (B,))
         ref = ref[0].view(np.uint32)
         ok, timings = [B], [(B, t)]
+        rows = B
         size = 1 << ((B - 1).bit_length() - 1) if B > 1 else 0   # the largest power of two below B
         while size >= 1:
             c = min(len(ids), max(2 * size, 8))
             got, t = _timed(self.runner.views, [v], ids[:c], (size,))
+            rows += -(-c // size) * size
             timings.append((size, t / -(-c // size)))
             if not np.array_equal(got[0].view(np.uint32), ref[:c]):
                 break
             ok.append(size)
             size //= 2
+        self._check_rows[v.name] = rows
         return tuple(sorted(ok)), _batch_cost(timings)
 
-    def walk_steps(self, view: str):
-        """Recompute batch sizes of a threshold walk. It starts at the batch that balances a
-        batch's fixed cost against the inputs it may recompute for nothing (sqrt(2 N c0 / c1)
-        for N = 32 needed inputs, a batch costing c0 + c1 * size), then takes half of what it
-        has recomputed so far (so at most a third is wasted), in the sizes `batch_sizes` allows."""
+    def walk_plan(self, view: str) -> int:
+        """The first batch of a view's threshold walks: of WALK_PLANS (8, 32, 128), the one
+        nearest (in ratio) to the batch that balances a batch's fixed cost against the inputs it
+        may recompute for nothing (sqrt(2 N c0 / c1) for N = 32 needed inputs, a batch costing
+        c0 + c1 * size), then the smallest allowed size that holds it. The plan is chosen once,
+        when the view is built (or first queried), and kept in the index, so every session on
+        the same index and model walks in the same batches."""
         sizes, (c0, c1) = self._batch_check(view)
+        name = self.view(view).name
+        info = self.store.views.get(name)
+        plan = info.query.get("walk_first") if info is not None else None
+        if plan not in WALK_PLANS:
+            x = float(np.sqrt(2 * WALK_NEED * c0 / max(c1, 1e-12)))
+            plan = min(WALK_PLANS, key=lambda p: abs(np.log(p / max(x, 1e-9))))
+            if info is not None and os.access(self.index_path, os.W_OK):
+                self.store.annotate(name, walk_first=plan)
+        return next((b for b in sizes if b >= plan), sizes[-1])
+
+    def walk_steps(self, view: str):
+        """Recompute batch sizes of a threshold walk: `walk_plan(view)` first, then half of
+        what it has recomputed so far (so at most a third is wasted), in the sizes
+        `batch_sizes` allows."""
+        sizes = self.batch_sizes(view)
 
         def fit(x: float) -> int:
             return next((b for b in sizes if b >= x), sizes[-1])
 
-        first = fit(np.sqrt(2 * WALK_NEED * c0 / max(c1, 1e-12)))
+        first = self.walk_plan(view)
         done, step = 0, first
         while True:
             yield step
@@ -247,6 +331,7 @@ class Session:
             out[found] = rows
         missing = ids[~found]
         if len(missing):
+            checked = v.name in self._batching
             sizes = self.batch_sizes(v.name)
             new = self._locked(self.runner.views, [v], missing, sizes)[0]
             self.cache.put(v.name, missing, new)
@@ -256,6 +341,7 @@ class Session:
             if stats is not None:
                 stats.inputs_recomputed += len(missing)
                 stats.batches += -(-len(missing) // sizes[-1])
+                stats.rows_run += padded_rows(len(missing), sizes) + (0 if checked else self._check_rows.get(v.name, 0))
         if stats is not None:
             stats.inputs_from_cache += int(found.sum())
         return out
@@ -338,6 +424,7 @@ class Session:
             trow = self.external_activations(v.name, target)
             pre.inputs_recomputed += 1
             pre.batches += 1
+            pre.rows_run += self.batch_sizes(v.name)[0]
             target_desc = "external"
         else:
             raise QueryError(f"knn target must be an input id (int in [0, {self.n})) or an input tensor, "
@@ -346,6 +433,7 @@ class Session:
         stats.inputs_recomputed += pre.inputs_recomputed
         stats.inputs_from_cache += pre.inputs_from_cache
         stats.batches += pre.batches
+        stats.rows_run += pre.rows_run
         params = {"target": target_desc, "metric": metric, "k": k, "include_target": include_target,
                   "filter": filter is not None}
         return self._result("knn", v.name, group, ids, scores, stats, params)
@@ -445,6 +533,14 @@ class Session:
                 f"{self.n} inputs, index {str(self.index_path)!r} ({len(self.store.views)} views)>")
 
 
+def padded_rows(count: int, sizes: Sequence[int]) -> int:
+    """Rows the model runs for `count` inputs in batches of the allowed `sizes` (as Runner.views
+    does: full batches of the largest, then the smallest size that holds the rest)."""
+    big = max(sizes)
+    rest = count % big
+    return count - rest + (next(b for b in sorted(sizes) if b >= rest) if rest else 0)
+
+
 def _timed(fn, *args):
     t0 = time.perf_counter()
     out = fn(*args)
@@ -470,6 +566,10 @@ class _LockedRunner:
     def views(self, views, ids, sizes=None):
         with self._lock:
             return self._runner.views(views, ids, sizes)
+
+    def view_tensors(self, views, ids, sizes=None):
+        with self._lock:
+            return self._runner.view_tensors(views, ids, sizes)
 
     def view_shapes(self, views):
         with self._lock:

@@ -76,6 +76,25 @@ def _with_text(cmd, text: str):
     return dataclasses.replace(cmd, text=text)
 
 
+def attach(ipython, channel: bool = True) -> KernelState:
+    """Follow the sessions of the notebook namespace after every cell (also those made with
+    `em.Session(...)`), and open the sidebar channel when a front end listens. Idempotent
+    except for the channel, which a second call reopens (the sidebar keeps the newest)."""
+    state = kernel_state()
+    if state.namespace is None:
+        state.namespace = ipython.user_ns
+        state.on_cell = lambda *_: state.discover(ipython.user_ns)
+        ipython.events.register("post_run_cell", state.on_cell)
+    if channel:
+        try:
+            from .channel import open_channel
+            open_channel(state)
+        except Exception:  # no comm-capable kernel (plain IPython): the magics still work
+            pass
+    state.discover(ipython.user_ns)
+    return state
+
+
 def load_ipython_extension(ipython) -> None:
     """Register %everest and %%everest (and the sidebar channel when a front end listens)."""
     state = kernel_state()
@@ -85,15 +104,16 @@ def load_ipython_extension(ipython) -> None:
         del widgets
     except ImportError:
         pass
-    try:
-        from .channel import open_channel
-        open_channel(state)
-    except Exception:  # no comm-capable kernel (plain IPython): the magics still work
-        pass
+    attach(ipython)
 
 
 def unload_ipython_extension(ipython) -> None:
     global _STATE
     if _STATE is not None:
+        if _STATE.namespace is not None:
+            try:
+                ipython.events.unregister("post_run_cell", _STATE.on_cell)
+            except ValueError:
+                pass
         _STATE.close()
         _STATE = None

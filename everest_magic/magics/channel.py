@@ -6,7 +6,7 @@ target after a page reload. Messages (JSON):
 
 kernel -> sidebar
     {"type": "snapshot", "state": {"sessions": [...], "jobs": [...], "history": [...]}}
-    {"type": "job", "job": {"id", "description", "status", "done", "total", "progress", "seconds", ...}}
+    {"type": "job", "job": {"id", "description", "status", "phase", "done", "total", "progress", "seconds", ...}}
 sidebar -> kernel
     {"action": "refresh"}                 answered with a snapshot
     {"action": "cancel", "job": ID}       cancels a job, then a snapshot follows
@@ -51,10 +51,13 @@ class Channel:
         data = msg.get("content", {}).get("data", {})
         action = data.get("action")
         if action == "cancel":
-            try:
-                self.state.jobs.cancel(int(data["job"]))
-            except Exception as e:  # an unknown job id: tell the sidebar
-                self._send({"type": "error", "message": str(e)})
+            job = self.state.all_jobs().get(_int(data.get("job")))
+            if job is None:   # an unknown job id: tell the sidebar
+                self._send({"type": "error", "message": f"no job {data.get('job')!r} in this kernel"})
+            else:
+                job.cancel()
+        if self.state.namespace is not None and self.state.discover(self.state.namespace):
+            return   # discover() emitted "sessions": a snapshot went out
         self.send_snapshot()
 
     def _on_event(self, kind: str, payload: Any) -> None:
@@ -65,7 +68,7 @@ class Channel:
             if not final and now - self._last_sent.get(job.id, 0.0) < 0.2:
                 return
             self._last_sent[job.id] = now
-            row = next((r for r in self.state.jobs.status() if r["id"] == job.id), None)
+            row = next((r for r in self.state.job_rows() if r["id"] == job.id), None)
             if row is not None:
                 self._send({"type": "job", "job": row})
             if final:
@@ -85,6 +88,13 @@ class Channel:
                 c.send(data)
             except Exception:
                 pass
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 _CHANNEL: Channel | None = None

@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..engine import Session
-from ..engine.errors import EverestError, QueryError, UnknownNameError
+from ..engine import Job, Session
+from ..engine.errors import EverestError, JobCancelled, QueryError, UnknownNameError
 from . import parser as P
-from .state import KernelState
+from .state import KernelState, result_summary
 
 
 @dataclass
@@ -57,7 +57,7 @@ def positioned(e: EverestError, text: str, keyword: str) -> P.QuerySyntaxError:
 
 SESSION_OPTIONS = {"labels", "collate", "forward", "device", "batch_size", "memory_budget", "cache_bytes",
                    "partitions", "ratio", "scheme", "tolerance", "lazy", "rebuild", "data_fingerprint",
-                   "min_list", "index_cache_bytes"}
+                   "min_list", "index_cache_bytes", "size_budget"}
 
 
 def do_use(cmd: P.UseCommand, ctx: Context) -> Any:
@@ -73,6 +73,7 @@ def do_use(cmd: P.UseCommand, ctx: Context) -> Any:
                                  cmd.text.split("\n")[0], None)
     values = {k: P.resolve(v, ctx.ns) for k, v in opts.items()}
     render = values.pop("render", None)
+    tokenizer = values.pop("tokenizer", None)
     model, data = values.pop("model"), values.pop("data")
     index = values.pop("index", None)
     kwargs = {k: v for k, v in values.items() if k in SESSION_OPTIONS}
@@ -82,6 +83,7 @@ def do_use(cmd: P.UseCommand, ctx: Context) -> Any:
     except EverestError as e:
         raise positioned(e, cmd.text, "use") from e
     ctx.state.add_session(name, s, render)
+    ctx.state.tokenizers[name] = tokenizer
     return s
 
 
@@ -106,12 +108,36 @@ def do_index(cmd: P.IndexCommand, ctx: Context) -> Any:
             col += src[col - 1:].find(v)
             raise P.QuerySyntaxError(str(e).split("; did you mean")[0], line, col, src,
                                      e.suggestions[0] if e.suggestions else None, len(v)) from e
-    job = s.build_index(views)
+    done = [v for v in views if s.view(v).name in s.indexed()]
+    if done and len(done) == len(views) and not cmd.rebuild:
+        print(f"already indexed: {', '.join(done)} (nothing to do; --rebuild builds again)")
+        return _index_table(s, views) if cmd.wait else None
+    job = s.build_index(views, rebuild=cmd.rebuild)
+    if done and not cmd.rebuild:
+        print(f"already indexed, left as they are: {', '.join(done)} (--rebuild builds them again)")
     entry = ctx.state.record(cmd.text, "index", s.name, job.id)
     job.on_change(lambda j: j.is_done() and ctx.state.finish(entry, j.status, f"{j.seconds:.1f} s"))
     if cmd.wait:
         job.result()
         return _index_table(s, views)
+    from .show import job_widget
+    ctx.display(job_widget(job))
+    return None
+
+
+def do_extend(cmd: P.ExtendCommand, ctx: Context) -> Any:
+    s = ctx.state.session(cmd.session)
+    data = P.resolve(cmd.data, ctx.ns)
+    labels = P.resolve(cmd.labels, ctx.ns) if cmd.labels is not None else None
+    try:
+        job = s.extend(data, labels=labels, wait=False)
+    except EverestError as e:
+        raise positioned(e, cmd.text, "extend") from e
+    entry = ctx.state.record(cmd.text, "extend", s.name, job.id)
+    job.on_change(lambda j: j.is_done() and ctx.state.finish(entry, j.status, f"{j.seconds:.1f} s"))
+    if cmd.wait:
+        job.result()
+        return _index_table(s, list(s.indexed()))
     from .show import job_widget
     ctx.display(job_widget(job))
     return None
@@ -124,6 +150,7 @@ def _index_table(s: Session, views: list[str]):
         info = s.indexed()[s.view(v).name]
         rows.append({"view": info.name, "neurons": info.m, "MB on disk": round(info.bytes_on_disk / 1e6, 2),
                      "% of float32": round(100 * info.size_ratio, 1), "P": info.P, "ratio": info.ratio,
+                     "inputs": info.n, "files": len(info.segments),
                      "build s": round(info.build.get("seconds_total", 0), 1)})
     return pd.DataFrame(rows)
 
@@ -156,7 +183,12 @@ class PendingResult:
         return getattr(self.job.result(), item)
 
     def __repr__(self) -> str:
-        return f"<pending everest result: job {self.job.id} {self.job.status} ({100 * self.job.progress:.0f}%)>"
+        job = self.job
+        if job.status == "done":
+            return repr(job.result())
+        if job.is_done():
+            return f"<everest result: job {job.id} {job.status}: {job.error}>"
+        return f"<pending everest result: job {job.id} {job.status} ({100 * job.progress:.0f}%)>"
 
 
 def resolve_query(cmd: P.QueryCommand, s: Session, ns: dict) -> dict:
@@ -245,10 +277,16 @@ def do_query(cmd: P.QueryCommand, ctx: Context) -> Any:
             raise positioned(e, cmd.text, "neurons" if isinstance(cmd.neurons, P.NeuronList) else "channels") from e
 
     def work(job):
-        return run_resolved(s, cmd.kind, q, cmd.metric, cmd.include_target, cmd.text)
+        built = ensure_view(s, q["view"], job)
+        job.phase = "query"
+        job.step(job.total if built else 0, job.total if built else 1)
+        r = run_resolved(s, cmd.kind, q, cmd.metric, cmd.include_target, cmd.text)
+        job.phase = f"built the index of {q['view']}, then queried" if built else ""
+        job.step(job.total, job.total)
+        return r
 
     job = s.submit(work, cmd.text.split("\n")[0].strip())
-    _track(job, cmd, ctx, s.name, cmd.kind, _summary)
+    _track(job, cmd, ctx, s.name, cmd.kind, result_summary)
     from .show import query_widget, result_widget
     if cmd.wait:
         r = job.result()
@@ -260,6 +298,39 @@ def do_query(cmd: P.QueryCommand, ctx: Context) -> Any:
     return None
 
 
+def ensure_view(s: Session, view: str, job: Job) -> bool:
+    """Build a view that is not indexed yet before a query on it (lazy sessions), showing the
+    build in the query's job: its phase names the build, its done/total are the build's.
+    Cancelling the query cancels a build it started. Returns True when it waited for a build."""
+    if view in s.store.views or not s.lazy:
+        return False
+    build = pending_build(s, view)
+    started = build is None
+    if started:
+        build = s.build_index([view])
+    job.phase = f"building the index of {view} (first query on it)"
+    job.step(build.done, build.total)
+    build.on_change(lambda b: job.step(b.done, b.total))   # every build step, in the query's job
+    try:
+        while not build.wait(0.2):
+            job.check()   # raises JobCancelled when the query is cancelled
+    except JobCancelled:
+        if started:
+            build.cancel()
+        raise
+    job.step(build.done, build.total)
+    build.result()   # the build's error, if it failed
+    return True
+
+
+def pending_build(s: Session, view: str) -> Job | None:
+    """The background build that is making `view`, if one is running.
+
+    Reads `Session._builds` (view -> latest build Job): the engine has no public hook for it yet."""
+    job = getattr(s, "_builds", {}).get(view)
+    return job if job is not None and not job.is_done() else None
+
+
 def _track(job, cmd: Any, ctx: Context, session: str, kind: str, summary: Callable) -> None:
     """Record a background command in the history (finished with `summary(job)`), and bind
     `-o NAME` to a handle that becomes the job's result."""
@@ -267,13 +338,6 @@ def _track(job, cmd: Any, ctx: Context, session: str, kind: str, summary: Callab
     job.on_change(lambda j: j.is_done() and ctx.state.finish(entry, j.status, summary(j)))
     if cmd.output:
         ctx.ns[cmd.output] = PendingResult(job, ctx.ns, cmd.output)
-
-
-def _summary(job) -> str:
-    if job.status != "done":
-        return str(job.error or job.status)
-    r = job.result()
-    return f"{len(r.ids)} results, {r.stats.inputs_recomputed} recomputed, {1000 * r.stats.seconds:.0f} ms"
 
 
 # -- inspect ------------------------------------------------------------------------------------
@@ -315,19 +379,53 @@ def do_inspect(cmd: P.InspectCommand, ctx: Context) -> Any:
     return None
 
 
+# -- neurons -------------------------------------------------------------------------------------
+
+def do_neurons(cmd: P.NeuronsCommand, ctx: Context) -> Any:
+    """The most activated neurons of one input in a view, as a gallery's drill-down shows them."""
+    from ..widgets.levels import neurons_level
+    s = ctx.state.session(cmd.session)
+    try:
+        view = s.view(str(P.resolve(cmd.layer, ctx.ns))).name
+        count, input_id = P.resolve(cmd.count, ctx.ns), P.resolve(cmd.input_id, ctx.ns)
+        level, _ = neurons_level(s, view, input_id, count)
+    except EverestError as e:
+        raise positioned(e, cmd.text, "layer" if "layer" in str(e) else "input") from e
+    return Text(level["text"])
+
+
 # -- jobs / cancel / status / help -------------------------------------------------------------
 
 def do_jobs(cmd: P.JobsCommand, ctx: Context) -> Any:
     import pandas as pd
-    rows = ctx.state.jobs.status()
-    return pd.DataFrame(rows, columns=["id", "description", "status", "done", "total", "seconds", "error"])
+    rows = ctx.state.job_rows()
+    return pd.DataFrame(rows, columns=["id", "description", "status", "phase", "done", "total", "seconds", "error"])
 
 
 def do_cancel(cmd: P.CancelCommand, ctx: Context) -> Any:
-    cancelled = ctx.state.jobs.cancel(cmd.job)
-    if cmd.job is not None and not cancelled:
-        return f"job {cmd.job} had already finished ({ctx.state.jobs.get(cmd.job).status})"
+    jobs = ctx.state.all_jobs()
+    if cmd.job is None:
+        cancelled = [j for j in jobs.values() if j.cancel()]
+    elif cmd.job not in jobs:
+        known = f"its jobs are {id_ranges(sorted(jobs))}" if jobs else "no job has run in it yet"
+        raise positioned(QueryError(f"no job {cmd.job} in this kernel: {known} (see %everest jobs)"),
+                         cmd.text, "cancel")
+    elif not jobs[cmd.job].cancel():
+        return f"job {cmd.job} had already finished ({jobs[cmd.job].status})"
+    else:
+        cancelled = [jobs[cmd.job]]
     return f"cancelled job{'s' if len(cancelled) != 1 else ''} {', '.join(str(j.id) for j in cancelled) or 'none (nothing was running)'}"
+
+
+def id_ranges(ids: list[int]) -> str:
+    """[1, 2, 3, 5, 7, 8] -> "1-3, 5, 7-8"."""
+    out: list[list[int]] = []
+    for i in ids:
+        if out and out[-1][1] == i - 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in out)
 
 
 def do_status(cmd: P.StatusCommand, ctx: Context) -> Any:
@@ -363,6 +461,8 @@ DISPATCH: dict[type, Callable[[Any, Context], Any]] = {
     P.IndexCommand: do_index,
     P.QueryCommand: do_query,
     P.InspectCommand: do_inspect,
+    P.NeuronsCommand: do_neurons,
+    P.ExtendCommand: do_extend,
     P.JobsCommand: do_jobs,
     P.CancelCommand: do_cancel,
     P.StatusCommand: do_status,

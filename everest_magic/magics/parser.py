@@ -10,7 +10,7 @@ Commands (every one also has ``text``: the original ``%everest ...``/``%%everest
 excluded from ``==`` and ``repr``):
 
 - ``UseCommand(name, options)``: ``name`` str | Expr | None; ``options`` maps a key to its
-  value: model, data, labels, collate, forward, render -> Name | Expr; index, device, scheme,
+  value: model, data, labels, collate, forward, render, tokenizer -> Name | Expr; index, device, scheme,
   data_fingerprint -> str | Expr; batch_size, partitions, memory_budget, cache_bytes, min_list,
   index_cache_bytes -> int | Expr; tolerance, ratio -> float | Expr; lazy, rebuild -> bool | Expr. ``name=`` is moved to
   ``name``; a ``use`` with no options switches to the named session.
@@ -21,6 +21,7 @@ excluded from ``==`` and ``repr``):
   ``layer`` str | Expr; ``neurons`` NeuronList | Channels | TopOfInput; ``by`` 'sum' | 'mean' |
   'max' | 'l2' | Weights | Expr; ``metric`` 'l2' | 'l1' | 'linf' | 'cosine'; ``target`` int |
   Expr | None; ``filter`` Filter | None; ``output`` a variable name or None.
+- ``NeuronsCommand(count, input_id, layer, session)``: ``neurons top N of input ID layer VIEW``.
 - ``JobsCommand()``, ``CancelCommand(job)``, ``StatusCommand()``, ``HelpCommand(topic)``.
 
 Values: ``Expr(text, line, column)``, ``Name(text, line, column)``, ``Range(start, stop, step)``,
@@ -47,7 +48,7 @@ except ImportError:  # the parser works without the engine
 __all__ = [
     "parse_cell", "resolve", "expand_neurons", "expand_weights", "help_text", "QuerySyntaxError",
     "EverestError", "Command", "UseCommand", "LayersCommand", "IndexCommand", "QueryCommand",
-    "JobsCommand", "CancelCommand", "StatusCommand", "HelpCommand", "InspectCommand", "Expr", "Name", "Range",
+    "NeuronsCommand", "ExtendCommand", "JobsCommand", "CancelCommand", "StatusCommand", "HelpCommand", "InspectCommand", "Expr", "Name", "Range",
     "NeuronList", "Channels", "TopOfInput", "Filter", "Weights", "VERBS", "QUERY_VERBS",
     "KEYWORDS", "AGGREGATIONS", "METRICS", "USE_OPTIONS", "INSPECT_OPTIONS", "HELP",
 ]
@@ -128,7 +129,8 @@ class TopOfInput:
 
 @dataclass(frozen=True)
 class Filter:
-    """``where labels|ids OP VALUE``; op is '==', '!=', 'in' or 'not in'.
+    """``where labels|ids OP VALUE``; op is '==', '!=', 'in' or 'not in'. ``label`` and ``id``
+    are accepted for ``labels`` and ``ids`` (galleries and DataFrames call the column ``label``).
 
     value: an int/str/Expr for == and !=; a list of them, or one Expr (the whole
     collection), for in / not in.
@@ -170,8 +172,21 @@ class LayersCommand(Command):
 
 @dataclass(frozen=True)
 class IndexCommand(Command):
-    """``index VIEW ... [--wait] [in session NAME]``: build the index of some views."""
+    """``index VIEW ... [--wait] [--rebuild] [in session NAME]``: build the index of some views
+    (views already complete are left alone unless --rebuild)."""
     views: list
+    wait: bool = False
+    session: str | None = None
+    text: str = field(default="", compare=False, repr=False)
+    rebuild: bool = False
+
+
+@dataclass(frozen=True)
+class ExtendCommand(Command):
+    """``extend DATA [labels LABELS] [--wait] [in session NAME]``: append inputs to the dataset
+    and to every indexed view, without a rebuild."""
+    data: Any
+    labels: Any = None
     wait: bool = False
     session: str | None = None
     text: str = field(default="", compare=False, repr=False)
@@ -218,6 +233,17 @@ class InspectCommand(Command):
 
 
 @dataclass(frozen=True)
+class NeuronsCommand(Command):
+    """``neurons top N of input ID layer VIEW [in session NAME]``: the N most activated neurons
+    of one input in a view (what a gallery's "most activated neurons" shows)."""
+    count: Any
+    input_id: Any
+    layer: Any
+    session: str | None = None
+    text: str = field(default="", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class JobsCommand(Command):
     """``jobs``: list background jobs."""
     text: str = field(default="", compare=False, repr=False)
@@ -225,7 +251,7 @@ class JobsCommand(Command):
 
 @dataclass(frozen=True)
 class CancelCommand(Command):
-    """``cancel [JOB]``: cancel a job (None: the most recent one)."""
+    """``cancel [JOB]``: cancel a job (None: every unfinished one)."""
     job: int | None = None
     text: str = field(default="", compare=False, repr=False)
 
@@ -244,7 +270,7 @@ class HelpCommand(Command):
 
 
 # -- vocabulary -----------------------------------------------------------------------------
-VERBS = ("use", "layers", "index", "topk", "bottomk", "knn", "inspect", "jobs", "cancel", "status", "help")
+VERBS = ("use", "layers", "index", "extend", "topk", "bottomk", "knn", "inspect", "neurons", "jobs", "cancel", "status", "help")
 QUERY_VERBS = ("topk", "bottomk", "knn")
 AGGREGATIONS = ("sum", "mean", "max", "l2")
 METRICS = ("l2", "l1", "linf", "cosine")
@@ -265,12 +291,12 @@ _INSPECT_ALIASES = {"layers": "layer", "views": "layer", "view": "layer", "hypot
 _OTHER_VERB_HINT = {"by": "metric", "metric": "by"}
 USE_OPTIONS = {
     "model": "name", "data": "name", "labels": "name", "collate": "name", "forward": "name",
-    "render": "name", "index": "str", "name": "str", "device": "str", "scheme": "str",
+    "render": "name", "tokenizer": "name", "index": "str", "name": "str", "device": "str", "scheme": "str",
     "data_fingerprint": "str", "batch_size": "int", "partitions": "int", "memory_budget": "int",
     "cache_bytes": "int", "tolerance": "float", "ratio": "float", "lazy": "bool", "rebuild": "bool",
-    "min_list": "int", "index_cache_bytes": "int",
+    "min_list": "int", "index_cache_bytes": "int", "size_budget": "float",
 }
-_OPTIONS = {"-o": "output", "--output": "output", "--wait": "wait"}
+_OPTIONS = {"-o": "output", "--output": "output", "--wait": "wait", "--rebuild": "rebuild"}
 _BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 _NUM_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -438,7 +464,7 @@ def parse_cell(line: str, cell: str | None = None) -> Command:
 
         magic       = head_line { body_line }          (* head: the magic line; if it is
                                                           blank, the first non-blank line *)
-        head_line   = query_head | use | layers | index | "jobs" | cancel | "status" | help
+        head_line   = query_head | use | layers | index | top_neurons | "jobs" | cancel | "status" | help
         query_head  = ("topk" | "bottomk" | "knn") [ k ] { query_opt }
         k           = INT | EXPR                       (* positive; default 10 *)
         query_opt   = "-o" IDENT | "--wait" | in_session
@@ -446,8 +472,10 @@ def parse_cell(line: str, cell: str | None = None) -> Command:
         use         = "use" [ WORD ] { KEY "=" value } (* KEY in USE_OPTIONS *)
         value       = WORD | STRING | EXPR
         layers      = "layers" [ in_session ]
-        index       = "index" view { [","] view } { "--wait" | in_session }
+        index       = "index" view { [","] view } { "--wait" | "--rebuild" | in_session }
+        extend      = "extend" value [ "labels" value ] { "--wait" | in_session }
         view        = WORD | STRING | EXPR              (* "conv2", "conv2:mean" *)
+        top_neurons = "neurons" "top" count "of" "input" id "layer" view [ in_session ]
         cancel      = "cancel" [ INT ]
         help        = "help" [ WORD ]
         body_line   = "layer" view
@@ -457,7 +485,7 @@ def parse_cell(line: str, cell: str | None = None) -> Command:
                     | "metric" ( "l2" | "l1" | "linf" | "cosine" )
                     | "target" id
                     | "include" "target"
-                    | "where" ( "labels" | "ids" ) condition
+                    | "where" ( "labels" | "label" | "ids" | "id" ) condition
                     | [ "in" ] "session" WORD
         items       = item { [","] item }
         item        = INT | RANGE | "(" INT { [","] INT } ")" | EXPR
@@ -758,9 +786,12 @@ def _p_session(s: _Stream, kw: _Token) -> str:
     return _session_name(s)
 
 
+_FIELDS = {"labels": "labels", "label": "labels", "ids": "ids", "id": "ids"}
+
+
 def _p_where(s: _Stream, kw: _Token) -> Filter:
     tok = s.expect("'labels' or 'ids' after 'where'")
-    name = tok.word()
+    name = _FIELDS.get(tok.word(), tok.word())
     if name not in ("labels", "ids"):
         raise _error(tok, f"can only filter on labels or ids, not {tok.text!r}", _suggest(name, ("labels", "ids")))
     op_tok = s.expect("an operator (==, !=, in, not in)")
@@ -968,11 +999,33 @@ def _parse_layers(s: _Stream, verb_tok: _Token, text: str) -> LayersCommand:
 
 
 def _parse_index(s: _Stream, verb_tok: _Token, text: str) -> IndexCommand:
-    positional, opts = _line_options(s, ("wait", "session"))
+    positional, opts = _line_options(s, ("wait", "session", "rebuild"))
     views = [_str_or_expr(tok, "a layer name") for tok in positional if tok.kind != ","]
     if not views:
         raise _error(verb_tok, "index needs at least one layer, e.g. 'index conv2 fc1'")
-    return IndexCommand(views, wait=opts.get("wait", False), session=opts.get("session"), text=text)
+    return IndexCommand(views, wait=opts.get("wait", False), session=opts.get("session"), text=text,
+                        rebuild=opts.get("rebuild", False))
+
+
+def _parse_extend(s: _Stream, verb_tok: _Token, text: str) -> ExtendCommand:
+    positional, opts = _line_options(s, ("wait", "session"))
+    rest = _Stream(positional, verb_tok)
+    tok = rest.expect("the new inputs after 'extend' (a variable name or {expression})")
+    data = _value(tok, "the new inputs")
+    labels = None
+    if rest.peek_word("labels"):
+        rest.next()
+        labels = _value(rest.expect("the labels of the new inputs after 'labels'"), "the labels")
+    rest.finish("after the new inputs (and 'labels ...')")
+    return ExtendCommand(data, labels, wait=opts.get("wait", False), session=opts.get("session"), text=text)
+
+
+def _value(tok: _Token, what: str) -> Any:
+    if tok.kind == "expr":
+        return _expr(tok)
+    if tok.kind == "word" and tok.text.isidentifier():
+        return Name(tok.text, tok.line, tok.column, tok.source, len(tok.text))
+    raise _error(tok, f"expected {what} as a variable name or {{expression}}, got {tok.text!r}")
 
 
 def _parse_jobs(s: _Stream, verb_tok: _Token, text: str) -> JobsCommand:
@@ -992,6 +1045,19 @@ def _parse_cancel(s: _Stream, verb_tok: _Token, text: str) -> CancelCommand:
     return CancelCommand(job, text=text)
 
 
+def _parse_top_neurons(s: _Stream, verb_tok: _Token, text: str) -> NeuronsCommand:
+    positional, opts = _line_options(s, ("session",))
+    rest = _Stream(positional, verb_tok)
+    if not rest.peek_word("top"):
+        tok = rest.peek()
+        raise _error(tok or verb_tok, "expected 'neurons top N of input ID layer VIEW'")
+    spec = _p_neurons(rest, verb_tok)
+    rest.expect_word("layer", "the input id")
+    layer = _str_or_expr(rest.expect("a layer name after 'layer'"), "a layer name")
+    rest.finish("after the layer")
+    return NeuronsCommand(spec.n, spec.input_id, layer, opts.get("session"), text=text)
+
+
 def _parse_help(s: _Stream, verb_tok: _Token, text: str) -> HelpCommand:
     tok = s.next()
     topic = None if tok is None else tok.word()
@@ -1002,7 +1068,7 @@ def _parse_help(s: _Stream, verb_tok: _Token, text: str) -> HelpCommand:
 
 
 _SIMPLE_PARSERS = {
-    "use": _parse_use, "layers": _parse_layers, "index": _parse_index, "jobs": _parse_jobs,
+    "use": _parse_use, "layers": _parse_layers, "index": _parse_index, "extend": _parse_extend, "neurons": _parse_top_neurons, "jobs": _parse_jobs,
     "cancel": _parse_cancel, "status": _parse_status, "help": _parse_help,
 }
 
@@ -1161,7 +1227,7 @@ def expand_weights(weights: Weights, namespace: Mapping[str, Any]) -> list[float
 
 # -- help -----------------------------------------------------------------------------------
 HELP = {
-    "": "%everest commands: use, layers, index, topk, bottomk, knn, inspect, jobs, cancel, status, help.\n"
+    "": "%everest commands: use, layers, index, topk, bottomk, knn, inspect, neurons, jobs, cancel, status, help.\n"
         "  %everest use model=net data=images index=idx.h5   open a session (name=..., labels=...)\n"
         "  %everest index conv2 conv3:mean --wait            build the index of some layers\n"
         "  %%everest topk 10                                 then lines: layer, neurons, by, where\n"
@@ -1170,12 +1236,16 @@ HELP = {
         "`%everest help TOPIC` explains a command or keyword; `help expressions` the {...} syntax.",
     "use": "use model=NAME data=NAME [index=PATH] [name=NAME] [labels=NAME] [batch_size=N] ...\n"
            "  opens a session (and makes it current); `use NAME` switches to a named session.\n"
-           "  Other keys: collate, forward, render, device, partitions, memory_budget, cache_bytes,\n"
+           "  Other keys: collate, forward, render, tokenizer, device, partitions, memory_budget, cache_bytes,\n"
            "  index_cache_bytes, tolerance, ratio, min_list, scheme, lazy, rebuild, data_fingerprint.\n"
            "  Values may be {expressions}.",
     "layers": "layers [in session NAME]: the model's layers, their output shapes and what is indexed.",
-    "index": "index VIEW ... [--wait] [in session NAME]: build the index of views such as conv2 or\n"
-             "  conv2:mean (channel means) in the background; --wait blocks until it is done.",
+    "index": "index VIEW ... [--wait] [--rebuild] [in session NAME]: build the index of views such as conv2\n"
+             "  or conv2:mean (channel means) in the background; --wait blocks until it is done. Views\n"
+             "  already indexed are left as they are; --rebuild builds them again.",
+    "extend": "extend DATA [labels LABELS] [--wait] [in session NAME]: append new inputs (a variable or\n"
+              "  {expression} of the dataset's kind) to the dataset and to every indexed view, without a\n"
+              "  rebuild; they get the next ids.",
     "topk": "%%everest topk K [-o VAR] [--wait]\n  layer VIEW\n  neurons 5, 17, 301 | channels 3, 7\n"
             "  [by sum|mean|max|l2|weights w1, w2, ...]\n  [where labels == 7]\n"
             "the K inputs with the highest aggregate activation of the neuron group.",
@@ -1197,17 +1267,19 @@ HELP = {
                   "  keyword:a|b, regex:..., contains:...) or {labels, functions, masks, Hypothesis}.",
     "measures": "measures pearson, auroc, mi, iou, probe (inspect; default: chosen by hypothesis kind)",
     "jobs": "jobs: list background index builds and queries.",
-    "cancel": "cancel [JOB]: cancel a background job (default: the most recent one).",
+    "cancel": "cancel [JOB]: cancel a background job (default: every unfinished one).",
     "status": "status: the sessions, their models, datasets and indexes.",
     "help": "help [TOPIC]: help on a command or keyword.",
     "layer": "layer VIEW: the layer (module path) to query, or LAYER:mean / LAYER:max for channel views.",
-    "neurons": "neurons 5, 17 | (3, 4, 5), (3, 4, 6) | 0:64:2 | {expr} | top N of input ID",
+    "neurons": "neurons 5, 17 | (3, 4, 5), (3, 4, 6) | 0:64:2 | {expr} | top N of input ID   (a query line)\n"
+               "%everest neurons top N of input ID layer VIEW: the N most activated neurons of one input.",
     "channels": "channels 3, 7: channel numbers of a channel view (layer conv2:mean).",
     "by": "by sum | mean | max | l2 | weights w1, w2, ... (non-negative, one per neuron)",
     "metric": "metric l2 | l1 | linf | cosine (knn only; default l2)",
     "target": "target ID | {expr}: the knn target, a dataset input id or an input tensor.",
     "include": "include target: let a dataset target appear in its own knn answer.",
-    "where": "where labels == 7 | labels != 7 | labels in (1, 2) | ids not in {expr}",
+    "where": "where labels == 7 | labels != 7 | labels in (1, 2) | ids not in {expr}\n"
+             "  (`label` and `id` work too: galleries and DataFrames call the column `label`)",
     "session": "in session NAME (or session NAME): run the query on a named session.",
     "expressions": "{python expression} is evaluated in the notebook namespace when the command\n"
                    "runs: %%everest topk {k}, layer {name}, neurons {ids}, where ids in {allowed}.",

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from ..engine import JobManager, Session
+from ..engine import Job, JobManager, Session
 from ..engine.errors import QueryError, UnknownNameError
 
 
@@ -27,6 +28,14 @@ class HistoryEntry:
         return dict(self.__dict__)
 
 
+def result_summary(job: Any) -> str:
+    """One line for the history: a finished query's result, or why the job did not finish."""
+    if job.status != "done":
+        return str(job.error or job.status)
+    r = job.result()
+    return f"{len(r.ids)} results, {r.stats.inputs_recomputed} recomputed, {1000 * r.stats.seconds:.0f} ms"
+
+
 class KernelState:
     """Everything the magics keep between cells. One per IPython shell."""
 
@@ -34,12 +43,20 @@ class KernelState:
         self.sessions: dict[str, Session] = {}
         self.current: str | None = None
         self.renders: dict[str, Callable | None] = {}
+        self.tokenizers: dict[str, Any] = {}   # session -> tokenizer for text galleries (use ... tokenizer=)
         self.jobs = JobManager()
         self.history: list[HistoryEntry] = []
         self.verbose = False
         self._listeners: list[Callable[[str, Any], None]] = []
         self._lock = threading.Lock()
         self.jobs.on_change(lambda job: self.emit("job", job))
+        # sessions made from Python (em.Session(...)) found in the notebook namespace, by variable name;
+        # held weakly: deleting the variable lets the session go
+        self.python_sessions: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
+        self._watched: weakref.WeakSet[JobManager] = weakref.WeakSet([self.jobs])
+        self._seen: tuple = ()
+        self.namespace: Mapping[str, Any] | None = None   # the notebook's namespace, once attached
+        self.on_cell: Callable[..., Any] | None = None     # the post_run_cell hook that calls discover()
 
     # -- sessions -----------------------------------------------------------------------
     def add_session(self, name: str, session: Session, render: Callable | None = None) -> None:
@@ -67,6 +84,41 @@ class KernelState:
         self.emit("sessions", None)
         return s
 
+    def discover(self, ns: Mapping[str, Any]) -> bool:
+        """Find the sessions bound to names of the notebook namespace that the magics did not make;
+        their jobs are followed too. Emits "sessions" and returns True when anything changed
+        (a session or one of its indexed views)."""
+        mine = {id(s) for s in self.sessions.values()}
+        found: dict[str, Session] = {}
+        for name, value in list(ns.items()):
+            if isinstance(value, Session) and not name.startswith("_") and id(value) not in mine:
+                if all(value is not other for other in found.values()):
+                    found[name] = value
+        for s in found.values():
+            if s.jobs not in self._watched:
+                self._watched.add(s.jobs)
+                s.jobs.on_change(lambda job: self.emit("job", job))
+        seen = tuple((name, id(s), tuple(_views(s))) for name, s in sorted(found.items()))
+        if seen == self._seen:
+            return False
+        self.python_sessions = weakref.WeakValueDictionary(found)
+        self._seen = seen
+        self.emit("sessions", None)
+        return True
+
+    # -- jobs ---------------------------------------------------------------------------
+    def job_managers(self) -> list[JobManager]:
+        """The magics' job manager, then those of the sessions made from Python."""
+        return [self.jobs] + [m for m in list(self._watched) if m is not self.jobs]
+
+    def all_jobs(self) -> dict[int, Job]:
+        """Every job of this kernel's sessions, by id."""
+        return {i: j for m in self.job_managers() for i, j in list(m.jobs.items())}
+
+    def job_rows(self) -> list[dict]:
+        """`JobManager.status()` rows of every job of the kernel, oldest first."""
+        return sorted((row for m in self.job_managers() for row in m.status()), key=lambda r: r["id"])
+
     # -- history ------------------------------------------------------------------------
     def record(self, text: str, kind: str, session: str, job_id: int | None = None) -> HistoryEntry:
         with self._lock:
@@ -91,19 +143,35 @@ class KernelState:
                 pass
 
     def snapshot(self) -> dict:
-        """A JSON-friendly picture of the state: sessions, indexed views, jobs, history."""
-        sessions = []
-        for name, s in self.sessions.items():
-            views = [{"name": v, "neurons": info.m, "bytes": info.bytes_on_disk, "full_bytes": info.full_bytes,
-                      "ratio": info.size_ratio, "P": info.P, "list_ratio": info.ratio}
-                     for v, info in s.indexed().items()]
-            sessions.append({"name": name, "current": name == self.current, "model": type(s.runner.model).__name__,
-                             "data": f"{type(s.data.data).__name__} of {s.n}", "n": s.n,
-                             "index": str(s.index_path), "device": str(s.runner.device), "views": views})
-        return {"sessions": sessions, "jobs": self.jobs.status(), "history": [h.as_dict() for h in self.history]}
+        """A JSON-friendly picture of the state: sessions (the magics', then those made from Python),
+        indexed views, jobs, history."""
+        sessions = [_session_row(name, s, "magic", name == self.current) for name, s in list(self.sessions.items())]
+        sessions += [_session_row(name, s, "python", False) for name, s in sorted(self.python_sessions.items())]
+        return {"sessions": [row for row in sessions if row is not None], "jobs": self.job_rows(),
+                "history": [h.as_dict() for h in self.history]}
 
     def close(self) -> None:
         self.jobs.shutdown(2)
         for s in self.sessions.values():
             s.close()
         self.sessions.clear()
+
+
+def _views(s: Session) -> list[str]:
+    try:
+        return sorted(s.indexed())
+    except Exception:   # a closed session
+        return []
+
+
+def _session_row(name: str, s: Session, origin: str, current: bool) -> dict | None:
+    """One session for the sidebar (None when it cannot be read, e.g. closed)."""
+    try:
+        views = [{"name": v, "neurons": info.m, "bytes": info.bytes_on_disk, "full_bytes": info.full_bytes,
+                  "ratio": info.size_ratio, "P": info.P, "list_ratio": info.ratio}
+                 for v, info in s.indexed().items()]
+        return {"name": name, "session_name": s.name, "origin": origin, "current": current,
+                "model": type(s.runner.model).__name__, "data": f"{type(s.data.data).__name__} of {s.n}", "n": s.n,
+                "index": str(s.index_path), "device": str(s.runner.device), "views": views}
+    except Exception:
+        return None

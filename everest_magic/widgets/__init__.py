@@ -5,10 +5,10 @@
     JobProgress(session.build_index(["conv2"]))
 """
 from .gallery import Gallery
-from .histogram import histogram_png, neuron_histogram
+from .histogram import histogram_png, neuron_histogram, result_histogram
 from .progress import JobProgress
 from .static import static_html
 from .thumbs import is_image, snippet, thumbnail_png
 
 __all__ = ["Gallery", "JobProgress", "thumbnail_png", "static_html", "snippet", "is_image",
-           "histogram_png", "neuron_histogram"]
+           "histogram_png", "neuron_histogram", "result_histogram"]

@@ -2,7 +2,11 @@
 // Renders the synced `levels` as a breadcrumb trail plus one grid per level. A click on an
 // item opens a small action menu; a choice sends {event: "select", level, index, action}
 // to the kernel, a breadcrumb click sends {event: "back", level}. The kernel does the work
-// and updates the traits; this view only renders them.
+// and updates the traits; this view only renders them. Text items with `tokens` show each token
+// shaded by the group's activation (red positive, blue negative, scaled by the level's
+// `token_scale`); long ones fold to three lines with a "more" toggle.
+
+const FOLD_CHARS = 140;
 
 const ACTIONS = [
   ["knn", "kNN from this item"],
@@ -31,6 +35,7 @@ function render({ model, el }) {
   let urls = [];
   let menu = null;
   let shownLevels = 0;
+  const unfolded = new Set();   // "level:id" of the text items the user unfolded
 
   function pngUrl(bytes) {
     if (!bytes || bytes.byteLength === 0) return null;
@@ -68,15 +73,49 @@ function render({ model, el }) {
     buttons[0].focus();
   }
 
-  function itemNode(item, L, i, clickable, selected) {
+  function tokensNode(item, L, scale) {
+    const box = h("div", { class: "ev-tokens" });
+    let chars = 0;
+    for (const [piece, v] of item.tokens) {
+      chars += piece.length;
+      if (v === null || v === undefined) {
+        box.append(document.createTextNode(piece));
+        continue;
+      }
+      const a = scale > 0 ? Math.min(1, Math.abs(v) / scale) : 0;
+      const rgb = v >= 0 ? "214, 39, 40" : "31, 119, 180";
+      box.append(h("span", {
+        class: "ev-tok", "data-value": v, title: Number(v).toPrecision(3),
+        style: `background: rgba(${rgb}, ${(0.8 * a).toFixed(3)})`,
+      }, piece));
+    }
+    if (chars <= FOLD_CHARS) return box;
+    const key = `${L}:${item.id}`;
+    const wrap = h("div", { class: `ev-fold${unfolded.has(key) ? "" : " ev-folded"}` }, box);
+    const toggle = h("button", {
+      type: "button", class: "ev-fold-toggle",
+      onclick: (e) => {
+        e.stopPropagation();
+        const folded = wrap.classList.toggle("ev-folded");
+        if (folded) unfolded.delete(key); else unfolded.add(key);
+        toggle.textContent = folded ? "more" : "less";
+      },
+    }, unfolded.has(key) ? "less" : "more");
+    wrap.append(toggle);
+    return wrap;
+  }
+
+  function itemNode(item, L, i, clickable, selected, scale) {
     const url = item.thumb ? pngUrl(item.thumb) : null;
     const body = url
       ? h("img", { src: url, alt: `input ${item.id}`, draggable: "false" })
-      : h("div", { class: "ev-snippet" }, item.text ?? "");
+      : item.tokens
+        ? tokensNode(item, L, scale)
+        : h("div", { class: "ev-snippet" }, item.text ?? "");
     let caption = `#${item.id} · ${item.score_text ?? Number(item.score).toPrecision(4)}`;
     if (item.label !== null && item.label !== undefined) caption += ` · label ${item.label}`;
     const fig = h("figure", {
-      class: `ev-item${clickable ? " ev-clickable" : ""}${selected ? " ev-selected" : ""}`,
+      class: `ev-item${item.tokens ? " ev-text-item" : ""}${clickable ? " ev-clickable" : ""}${selected ? " ev-selected" : ""}`,
       tabindex: clickable ? "0" : null,
       title: clickable ? "click for drill-down actions" : null,
     }, body, h("figcaption", {}, caption));
@@ -128,16 +167,23 @@ function render({ model, el }) {
     levels.forEach((lv, L) => {
       const section = h("section", { class: "ev-level", "data-level": L });
       section.append(h("div", { class: "ev-head" }, lv.description));
+      if (lv.token_note) section.append(h("div", { class: "ev-note" }, lv.token_note));
       if (L === 0) {
         const hist = pngUrl(model.get("histogram_png"));
-        if (hist) section.append(h("img", { class: "ev-hist", src: hist, alt: "activation histogram" }));
+        if (hist) {
+          section.append(h("img", {
+            class: "ev-hist", src: hist,
+            alt: "histogram of what the query ranks by, from the index (the title says how it is bounded)",
+          }));
+        }
       }
       if (lv.text) section.append(h("pre", { class: "ev-text" }, lv.text));
       const items = lv.items || [];
       if (items.length) {
         const clickable = lv.kind !== "neurons";
         const grid = h("div", { class: "ev-grid" });
-        items.forEach((item, i) => grid.append(itemNode(item, L, i, clickable, sel.level === L && sel.index === i)));
+        items.forEach((item, i) =>
+          grid.append(itemNode(item, L, i, clickable, sel.level === L && sel.index === i, lv.token_scale || 0)));
         section.append(grid);
       }
       root.append(section);

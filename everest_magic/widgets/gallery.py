@@ -10,7 +10,7 @@ import traitlets as t
 
 from ..engine.errors import JobCancelled, QueryError
 from ..engine.jobs import Job
-from .histogram import neuron_histogram
+from .histogram import neuron_histogram, result_histogram
 from .levels import Render, describe, neurons_level, result_level
 from .static import levels_html
 
@@ -18,7 +18,7 @@ _HERE = Path(__file__).parent
 ACTIONS = ("knn", "neurons", "topk")
 TOP_NEURONS = 10
 Submit = Callable[[Callable[[Job], Any], str], Job]
-SelectCallback = Callable[[int, int, int], None]
+SelectCallback = Callable[[int, int, int, str, Job], None]
 
 
 def _new_job(fn: Callable[[Job], Any], description: str) -> Job:
@@ -36,6 +36,10 @@ class Gallery(anywidget.AnyWidget):
     >>> g.select(0, action="knn"); g.wait(60)      # same as a click + menu choice
     >>> g.results[-1].ids                          # the drill-down's Result
 
+    The histogram above level 0 shows what the result ranks by over all inputs (see
+    `result_histogram`). Text items show their tokens shaded by the group's activation when a
+    `tokenizer` is given (default: `collate.tokenizer` of the session's data, if any).
+
     `render(item) -> PNG bytes | str` overrides how an item is shown. `submit(fn,
     description) -> Job` runs the drill-down work (default: a new `Job` thread), e.g.
     `session.submit` to queue it behind the session's other model work.
@@ -52,10 +56,12 @@ class Gallery(anywidget.AnyWidget):
     thumb_size = t.Int(96).tag(sync=True)
 
     def __init__(self, result: Any, session: Any, *, render: Render | None = None, submit: Submit | None = None,
-                 size: int = 96, histogram: bool = True, top_neurons: int = TOP_NEURONS, **kwargs: Any):
+                 size: int = 96, histogram: bool = True, top_neurons: int = TOP_NEURONS, tokenizer: Any = None,
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.session = session
         self.render = render
+        self.tokenizer = tokenizer
         self.size = int(size)
         self.top_neurons = int(top_neurons)
         self._submit = submit or _new_job
@@ -73,7 +79,7 @@ class Gallery(anywidget.AnyWidget):
     def show(self, result: Any) -> None:
         """Fill the gallery with `result` (level 0). Only sets traits: safe from a job's thread,
         so a gallery created empty on the main thread can receive a background query's result."""
-        level = result_level(result, self.session, render=self.render, size=self.size)
+        level = result_level(result, self.session, render=self.render, size=self.size, tokenizer=self.tokenizer)
         with self._lock:
             self._results = [result]
             self.levels = [level]
@@ -101,7 +107,8 @@ class Gallery(anywidget.AnyWidget):
         return self._job
 
     def on_select(self, callback: SelectCallback, remove: bool = False) -> None:
-        """Call `callback(level_index, item_index, item_id)` on each selection (click or `select`)."""
+        """Call `callback(level_index, item_index, item_id, action, job)` on each selection (click
+        or `select`), once its drill-down job has started."""
         if remove:
             self._select_callbacks.remove(callback)
         else:
@@ -125,8 +132,6 @@ class Gallery(anywidget.AnyWidget):
                 raise QueryError(f"item {i} is out of range: level {L} has {len(src.ids)} items")
             i = int(i) % len(src.ids)
             item_id = int(src.ids[i])
-        for cb in list(self._select_callbacks):
-            cb(L, i, item_id)
         with self._lock:
             if self._job is not None and not self._job.is_done():
                 self._job.cancel()
@@ -145,6 +150,8 @@ class Gallery(anywidget.AnyWidget):
             if gen == self._gen:
                 self._job = job
         job.on_change(lambda j: self._on_job_change(j, gen))
+        for cb in list(self._select_callbacks):
+            cb(L, i, item_id, action, job)
         return job
 
     def back(self, level: int) -> None:
@@ -166,11 +173,13 @@ class Gallery(anywidget.AnyWidget):
         return True if job is None else job.wait(timeout)
 
     def histogram(self, neuron: int | None = None, *, width: int = 360, height: int = 120) -> bytes:
-        """PNG histogram of one neuron of the result's view (default: the group's first) from the
-        index partitions, with the result's items as red ticks. No model run beyond the k items."""
+        """PNG histogram from the index with the result's items as red ticks: by default of what the
+        result ranks by (the group's aggregate, the kNN distance; `result_histogram`), or of one
+        `neuron` of the view (its partitions). No model run beyond the target and the k items."""
         r = self.result
-        neuron = int(r.neurons[0]) if neuron is None else int(neuron)
-        return neuron_histogram(self.session, r.view, neuron, r.ids, width=width, height=height)
+        if neuron is None:
+            return result_histogram(self.session, r, width=width, height=height)
+        return neuron_histogram(self.session, r.view, int(neuron), r.ids, width=width, height=height)
 
     def static_html(self) -> str:
         """The current levels as self-contained HTML (thumbnails as data: URIs)."""
@@ -205,14 +214,16 @@ class Gallery(anywidget.AnyWidget):
         try:
             if action == "knn":
                 value = s.knn(item_id, src.view, src.neurons, k, metric="l2")
-                level = result_level(value, s, title=f"kNN #{item_id}", render=self.render, size=self.size)
+                level = result_level(value, s, title=f"kNN #{item_id}", render=self.render, size=self.size,
+                                     tokenizer=self.tokenizer)
             elif action == "neurons":
                 level, value = neurons_level(s, src.view, item_id, self.top_neurons)
             else:
                 neurons = s.top_neurons(item_id, src.view, self.top_neurons)
                 job.check()
                 value = s.topk(src.view, neurons, k, by="sum")
-                level = result_level(value, s, title=f"top-k #{item_id} neurons", render=self.render, size=self.size)
+                level = result_level(value, s, title=f"top-k #{item_id} neurons", render=self.render, size=self.size,
+                                     tokenizer=self.tokenizer)
                 level["description"] = describe(value, lead=f"top-k of the {len(neurons)} most activated neurons of #{item_id}")
             job.check()
         except JobCancelled:

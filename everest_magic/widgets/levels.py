@@ -8,6 +8,7 @@ import numpy as np
 
 from .histogram import neuron_label
 from .thumbs import is_image, snippet, thumbnail_png
+from .tokens import token_pieces
 
 Render = Callable[[Any], "bytes | str"]
 _KIND_NAMES = {"topk": "top-k", "bottomk": "bottom-k", "knn": "kNN"}
@@ -73,12 +74,24 @@ def item_entry(session: Any, input_id: int, score: Any, label: Any, render: Rend
 
 
 def result_level(result: Any, session: Any, title: str | None = None, render: Render | None = None,
-                 size: int = 96) -> dict:
-    """A level showing a Result as a grid of items."""
+                 size: int = 96, tokenizer: Any = None) -> dict:
+    """A level showing a Result as a grid of items. Text items of a token view also get `tokens`
+    ([[piece, value or None], ...], see `tokens.token_pieces`) and the level `token_scale` (the
+    largest |value| shown) and `token_note` (what the shading is)."""
     labels = result.labels if result.labels is not None else [None] * len(result.ids)
     items = [item_entry(session, i, s, lab, render, size) for i, s, lab in zip(result.ids, result.scores, labels)]
-    return {"kind": result.kind, "title": title or default_title(result), "description": describe(result),
-            "view": result.view, "neurons": [int(j) for j in result.neurons[:64]], "items": items, "text": ""}
+    level = {"kind": result.kind, "title": title or default_title(result), "description": describe(result),
+             "view": result.view, "neurons": [int(j) for j in result.neurons[:64]], "items": items, "text": ""}
+    if render is None and items and all(it["text"] is not None for it in items):
+        shaded = token_pieces(session, result, tokenizer)
+        if shaded is not None:
+            pieces, what = shaded
+            for it, p in zip(items, pieces):
+                it["tokens"] = p
+            values = [abs(v) for p in pieces for _, v in p if v is not None]
+            level["token_scale"] = max(values, default=0.0)
+            level["token_note"] = f"shading: {what} (one forward pass of the {len(items)} sentences shown)"
+    return level
 
 
 def default_title(result: Any) -> str:

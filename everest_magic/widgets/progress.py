@@ -13,7 +13,7 @@ _ENDED = tuple(_STYLES)
 
 
 class JobProgress(W.HBox):
-    """Progress of a `Job`: bar, label (description, done/total, elapsed s, status), Cancel.
+    """Progress of a `Job`: bar, label (description, phase, done/total, elapsed s, status), Cancel.
 
     Create it on the main thread; it subscribes to `job.on_change` and afterwards only sets
     traits of its existing child widgets, from the job's thread. When the job ends the bar
@@ -47,7 +47,9 @@ class JobProgress(W.HBox):
                 self.bar.max = top
                 self.bar.value = value
                 self.bar.bar_style = _STYLES.get(status, "") if ended else ""
-            text = f"{self.description} · {done}/{total} · {job.seconds:.1f} s · {status}"
+            phase = getattr(job, "phase", "")
+            text = " · ".join(p for p in (self.description, phase, f"{done:,}/{total:,}" if total else "",
+                                          f"{job.seconds:.1f} s", status) if p)
             if status == "failed" and job.error is not None:
                 text += f": {type(job.error).__name__}: {job.error}"
             self.label.value = text

@@ -25,12 +25,27 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _item_html(item: dict) -> str:
+def _tokens_html(pieces: Sequence, scale: float) -> str:
+    """Tokens as spans shaded by their value (red positive, blue negative), as gallery.js does."""
+    out = []
+    for piece, v in pieces:
+        if v is None:
+            out.append(html.escape(piece))
+            continue
+        a = min(1.0, abs(v) / scale) if scale > 0 else 0.0
+        rgb = "214,39,40" if v >= 0 else "31,119,180"
+        out.append(f'<span title="{v:.3g}" style="background:rgba({rgb},{0.8 * a:.3f})">{html.escape(piece)}</span>')
+    return "".join(out)
+
+
+def _item_html(item: dict, scale: float = 0.0) -> str:
     caption = f"#{item['id']} · {html.escape(str(item.get('score_text', item.get('score'))))}"
     if item.get("label") is not None:
         caption += f" · label {html.escape(str(item['label']))}"
     if item.get("thumb"):
         body = f'<img src="{data_uri(item["thumb"])}" alt="input {item["id"]}">'
+    elif item.get("tokens"):
+        body = f'<div class="ev-snippet">{_tokens_html(item["tokens"], scale)}</div>'
     else:
         body = f'<div class="ev-snippet">{html.escape(item.get("text") or "")}</div>'
     return f'<figure data-id="{item["id"]}">{body}<figcaption>{caption}</figcaption></figure>'
@@ -43,12 +58,15 @@ def levels_html(levels: Sequence[dict], histogram: bytes = b"") -> str:
         out.append('<div class="ev-crumbs">' + " › ".join(html.escape(lv["title"]) for lv in levels) + "</div>")
     for i, lv in enumerate(levels):
         out.append(f'<div class="ev-head">{html.escape(lv["description"])}</div>')
+        if lv.get("token_note"):
+            out.append(f'<div class="ev-crumbs">{html.escape(lv["token_note"])}</div>')
         if i == 0 and histogram:
             out.append(f'<img class="ev-hist" src="{data_uri(histogram)}" alt="activation histogram">')
         if lv.get("text"):
             out.append(f"<pre>{html.escape(lv['text'])}</pre>")
         if lv.get("items"):
-            out.append('<div class="ev-grid">' + "".join(_item_html(it) for it in lv["items"]) + "</div>")
+            scale = float(lv.get("token_scale") or 0.0)
+            out.append('<div class="ev-grid">' + "".join(_item_html(it, scale) for it in lv["items"]) + "</div>")
     out.append("</div>")
     return "\n".join(out)
 
@@ -56,12 +74,12 @@ def levels_html(levels: Sequence[dict], histogram: bytes = b"") -> str:
 def static_html(result: Any, session: Any, render: Render | None = None, size: int = 96,
                 histogram: bool = True) -> str:
     """A self-contained HTML gallery of a Result: header, thumbnails (data: URIs) or snippets,
-    ids, scores, labels, and the histogram of the group's first neuron when `histogram`."""
+    ids, scores, labels, and the histogram of what the result ranks by when `histogram`."""
     hist = b""
     if histogram:
-        from .histogram import neuron_histogram
+        from .histogram import result_histogram
         try:
-            hist = neuron_histogram(session, result.view, int(result.neurons[0]), result.ids)
+            hist = result_histogram(session, result)
         except Exception:   # a view without an index summary: the gallery still renders
             hist = b""
     return levels_html([result_level(result, session, render=render, size=size)], hist)

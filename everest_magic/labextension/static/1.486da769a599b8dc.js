@@ -73,7 +73,7 @@
   margin: 0;
   padding: 4px 6px;
   white-space: pre-wrap;
-  word-break: break-word;
+  overflow-wrap: anywhere;
   font-family: var(--jp-code-font-family);
   font-size: var(--jp-code-font-size);
   background: var(--jp-layout-color0);
@@ -82,11 +82,46 @@
 }
 
 .everest-section-title {
+  display: flex;
+  align-items: center;
+  gap: 4px;
   margin: 6px 0 4px;
   font-size: var(--jp-ui-font-size1);
   font-weight: 600;
   text-transform: uppercase;
   color: var(--jp-ui-font-color2);
+  cursor: pointer;
+  user-select: none;
+}
+
+.everest-section-title:hover {
+  color: var(--jp-ui-font-color1);
+}
+
+.everest-caret::before {
+  content: '▾';
+  display: inline-block;
+  width: 1em;
+}
+
+.everest-section[data-collapsed='true'] .everest-caret::before {
+  content: '▸';
+}
+
+.everest-section[data-collapsed='true'] > .everest-list {
+  display: none;
+}
+
+.everest-section-count {
+  margin-left: auto;
+  font-weight: normal;
+  text-transform: none;
+}
+
+/* a long job list scrolls inside its section instead of pushing the history down */
+.everest-jobs-list {
+  max-height: 45vh;
+  overflow-y: auto;
 }
 
 .everest-list,
@@ -112,6 +147,10 @@
 
 .everest-session-name {
   font-weight: 600;
+}
+
+.everest-badge-python {
+  background: var(--jp-layout-color3);
 }
 
 .everest-badge {
@@ -179,12 +218,40 @@
   gap: 6px;
 }
 
+/* a running job shows its whole name (wrapping at spaces); a finished one is one line */
 .everest-job-description {
   flex: 1;
+  min-width: 0;
+  overflow-wrap: anywhere;
+  font-family: var(--jp-code-font-family);
+}
+
+.everest-job-phase {
+  margin-top: 2px;
+  color: var(--jp-ui-font-color2);
+  font-style: italic;
+}
+
+.everest-job.everest-job-compact {
+  margin-bottom: 2px;
+  padding: 2px 6px;
+}
+
+.everest-job-compact .everest-job-description {
   overflow: hidden;
   text-overflow: ellipsis;
   white-space: nowrap;
-  font-family: var(--jp-code-font-family);
+}
+
+.everest-job-compact .everest-job-phase,
+.everest-job-compact .everest-job-progress,
+.everest-job-compact .everest-job-bottom {
+  display: none;
+}
+
+.everest-job-seconds {
+  color: var(--jp-ui-font-color2);
+  white-space: nowrap;
 }
 
 .everest-job-id,
@@ -260,6 +327,15 @@
 .everest-history-text {
   margin-top: 3px;
   cursor: pointer;
+  white-space: pre;
+}
+
+/* each line of the magic on one line, cut with an ellipsis (full text on hover) */
+.everest-history-line {
+  display: block;
+  overflow: hidden;
+  text-overflow: ellipsis;
+  white-space: pre;
 }
 
 .everest-history-summary {
