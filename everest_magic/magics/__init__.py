@@ -35,7 +35,7 @@ class EverestMagics(Magics):
 
         Examples::
 
-            %everest use model=net data=train_images index=mnist_index.h5 labels=train_labels
+            %everest use model=net data=train_images index=mnist_index labels=train_labels
             %everest layers
             %everest index conv2 conv3 fc1          # background job with a progress bar
 

@@ -431,7 +431,7 @@ def id_ranges(ids: list[int]) -> str:
 def do_status(cmd: P.StatusCommand, ctx: Context) -> Any:
     st = ctx.state
     if not st.sessions:
-        return "no session yet: start one with  %everest use model=NET data=DATA index=FILE.h5"
+        return "no session yet: start one with  %everest use model=NET data=DATA index=FOLDER"
     lines = []
     for name, s in st.sessions.items():
         mark = "*" if name == st.current else " "

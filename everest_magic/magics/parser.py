@@ -1228,7 +1228,7 @@ def expand_weights(weights: Weights, namespace: Mapping[str, Any]) -> list[float
 # -- help -----------------------------------------------------------------------------------
 HELP = {
     "": "%everest commands: use, layers, index, topk, bottomk, knn, inspect, neurons, jobs, cancel, status, help.\n"
-        "  %everest use model=net data=images index=idx.h5   open a session (name=..., labels=...)\n"
+        "  %everest use model=net data=images index=idx   open a session (name=..., labels=...)\n"
         "  %everest index conv2 conv3:mean --wait            build the index of some layers\n"
         "  %%everest topk 10                                 then lines: layer, neurons, by, where\n"
         "  %%everest knn 10                                  then lines: target, layer, neurons, metric\n"

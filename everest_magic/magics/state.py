@@ -72,7 +72,7 @@ class KernelState:
         """The named session, or the current one."""
         if name is None:
             if self.current is None:
-                raise QueryError("no session yet: start one with  %everest use model=NET data=DATA index=FILE.h5")
+                raise QueryError("no session yet: start one with  %everest use model=NET data=DATA index=FOLDER")
             name = self.current
         if name not in self.sessions:
             raise UnknownNameError("session", name, self.sessions)
