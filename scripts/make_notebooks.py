@@ -20,7 +20,7 @@ def nb(cells: list[tuple[str, str]]) -> nbf.NotebookNode:
 
 QUICKSTART = [
     ("md", "# everest_magic quickstart: which MNIST digits drive these neurons?\n\n"
-           "We train a small CNN on the real MNIST (50,000 training images: 1-2 minutes on a 2-core CPU, with a progress bar showing the time left), index two "
+           "We train a small CNN on the real MNIST (50,000 training images: 10-20 s on a 2-core CPU, longer when it is busy, with a progress bar showing the time left), index two "
            "of its layers, and ask exact top-k, bottom-k and nearest-neighbour questions. Query cells return at "
            "once; the result gallery replaces the progress bar when it is ready. Click a thumbnail to drill down."),
     ("code", "import time\nimport numpy as np\nimport torch\nimport everest_magic as em\nfrom everest_magic import examples as ex\n\n"

@@ -19,7 +19,6 @@ import torch
 import everest_magic as em
 from everest_magic.engine.baselines import ReprocessAll
 from everest_magic.engine.build import build_views
-from everest_magic.engine.errors import IndexWriteError
 
 ROOT = str(Path(__file__).resolve().parents[1])
 ARRAYS = ("pids", "cuts", "counts", "bounds", "top_ids", "top_vals", "bot_ids", "bot_vals")
@@ -327,12 +326,12 @@ def test_a_full_disk_gives_a_clear_error_and_keeps_earlier_views(digits_cnn, tin
     s = em.Session(model, x, index=path, batch_size=8)
     s.build_index("fc1", wait=True)
     before = _queries_fc1(s)
-    with pytest.raises(IndexWriteError, match=r"not enough disk space.*conv1.*MB needed.*MB free.*intact") as e:
+    with pytest.raises(em.IndexWriteError, match=r"not enough disk space.*conv1.*MB needed.*MB free.*intact") as e:
         s.build_index(["conv1", "conv2"], wait=True).result()
     assert str(path) in str(e.value)
     # without the estimate, the write itself hits the full disk
     monkeypatch.setattr("everest_magic.engine.build._check_space", lambda *a: None)
-    with pytest.raises(IndexWriteError, match=r"disk space.*idx.*intact"):
+    with pytest.raises(em.IndexWriteError, match=r"disk space.*idx.*intact"):
         s.build_index(["conv1", "conv2"], wait=True).result()
     assert not any(f.endswith(".partial") for f in files(path))
     assert set(s.indexed()) == {"fc1"} and _queries_fc1(s) == before
