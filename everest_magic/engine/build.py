@@ -34,7 +34,7 @@ from .jobs import Job
 from .model import Runner
 from .partition import SAMPLE, cut_fractions, cut_values, pid_dtype, sample_ids, sorted_sample
 from .store import IndexStore, ViewWriter, compress_rows
-from .stream import STAGE_ROWS, ViewState, default_backend
+from .stream import STAGE_ROWS, ViewState, default_backend, nonfinite
 from .views import View
 
 # P is chosen per view: the largest candidate whose index, measured on a sample of the view's
@@ -280,16 +280,15 @@ def _build(runner, store, views, job, partitions, ratio, scheme, memory_budget, 
     sample = sample_ids(n, plan.sample)
     total = len(sample) + n
     if job is not None:
-        job.phase = "sample"
+        job.phase = f"placing the cuts on a sample of {len(sample):,} inputs"
     sample_acts = _sample_pass(runner, views, sample, ms, job, total)
     t_sample = time.perf_counter() - t0
     states, settings = [], []
     need = 64 << 10
     for v, shape, m, acts in zip(views, shapes, ms, sample_acts):
-        if not np.isfinite(acts).all():
-            bad = int(np.flatnonzero(~np.isfinite(acts).all(axis=0))[0])
-            raise QueryError(f"view {v.name!r}: neuron {bad} has NaN or infinite activations; the index needs "
-                             "finite values (check the model's outputs or pick another layer)")
+        finite = np.isfinite(acts).all(axis=0)
+        if not finite.all():
+            raise nonfinite(v.name, int(np.flatnonzero(~finite)[0]))
         P, estimate = partitions, None
         if P is None:
             probe = np.unique(np.linspace(0, m - 1, min(m, P_SAMPLE)).astype(np.int64))
@@ -305,7 +304,7 @@ def _build(runner, store, views, job, partitions, ratio, scheme, memory_budget, 
                                     scheme=scheme, fractions=fractions, ratio=ratio, t=t, width=plan.width,
                                     cuts=cuts, need_bytes=need))
     if job is not None:
-        job.phase = "pass"
+        job.phase = "one pass over the data"
     t1 = time.perf_counter()
     clock = _stream(runner, views, states, writers, 0, n, plan.width, sample, sample_acts, job, len(sample), total)
     del sample_acts
@@ -345,11 +344,7 @@ def extend_views(runner: Runner, store: IndexStore, views: list[View], start: in
         need = 64 << 10
         for info in infos:
             counts, bounds = store.summary(info.name)
-            prev = {"counts": counts, "bounds": bounds}
-            seg = info.segments[-1]
-            with store._reading(info, seg) as h:
-                for k in ("top_ids", "top_vals", "bot_ids", "bot_vals"):
-                    prev[k] = h.get_node(f"/{k}")[:][:, :info.t]
+            prev = {"counts": counts, "bounds": bounds, **store.lists(info.name)}
             cuts = store.cuts(info.name)[:, :info.P - 1]
             states.append(ViewState(info.name, cuts, info.t, plan.width, backend, runner.device, previous=prev))
             need += int(info.bytes_on_disk / max(info.n, 1) * (n - start) * 1.5)

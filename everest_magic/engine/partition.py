@@ -1,8 +1,8 @@
 """Per-neuron partitions and extreme lists: the arrays the index stores for each view.
 
 For one neuron over n inputs:
-- cut values ``c[1] <= ... <= c[P-1]`` at fixed rank fractions of the neuron's values (of a
-  fixed sample of the inputs when n is large); partition j holds the inputs with
+- cut values ``c[1] <= ... <= c[P-1]`` at fixed rank fractions of the neuron's values on a
+  random sample of the inputs (all of them when n is small); partition j holds the inputs with
   ``c[j] <= v < c[j+1]``, so equal values always share a partition;
 - ``pids``: the partition id of every input, one byte each (two when P > 256);
 - ``counts`` per partition and exact ``bounds`` (min, max) of each non-empty partition,

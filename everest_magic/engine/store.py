@@ -422,6 +422,13 @@ class IndexStore:
         ids, vals = self.rows.get((name, first, side), load, lambda r: r[0].nbytes + r[1].nbytes)
         return ids[int(neuron) - first], vals[int(neuron) - first]
 
+    def lists(self, name: str) -> dict[str, np.ndarray]:
+        """Every neuron's top and bottom lists of a view: top_ids, top_vals, bot_ids, bot_vals (m, t)."""
+        info = self.view(name)
+        seg = info.segments[-1]
+        with self._reading(info, seg) as h:
+            return {k: h.get_node(f"/{k}")[:][:, :info.t] for k in ("top_ids", "top_vals", "bot_ids", "bot_vals")}
+
     def verify(self, name: str) -> None:
         """Read every array of a view, checking every checksum (an IndexFormatError if damaged)."""
         info = self.view(name)

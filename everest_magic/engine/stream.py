@@ -23,6 +23,12 @@ BACKENDS = ("numba", "torch")
 STAGE_ROWS = 512   # the numba kernel is fastest on a few hundred inputs a call
 
 
+def nonfinite(view: str, neuron: int) -> QueryError:
+    """The error of a view whose neuron has NaN or infinite activations."""
+    return QueryError(f"view {view!r}: neuron {neuron} has NaN or infinite activations; the index needs "
+                      "finite values (check the model's outputs or pick another layer)")
+
+
 def default_backend(device: torch.device) -> str:
     return "torch" if device.type != "cpu" else "numba"
 
@@ -131,12 +137,10 @@ class ViewState:
             self.top = torch.topk(torch.cat([self.top, top], 1), self.t, dim=1).values
             self.bot = torch.topk(torch.cat([self.bot, bot], 1), self.t, dim=1, largest=False).values
 
-    def check_finite(self, neurons_offset: int = 0) -> None:
+    def check_finite(self) -> None:
         bad = np.asarray(self.bad.cpu() if isinstance(self.bad, torch.Tensor) else self.bad)
         if bad.any():
-            j = int(np.flatnonzero(bad)[0]) + neurons_offset
-            raise QueryError(f"view {self.name!r}: neuron {j} has NaN or infinite activations; the index needs "
-                             "finite values (check the model's outputs or pick another layer)")
+            raise nonfinite(self.name, int(np.flatnonzero(bad)[0]))
 
     # -- results -----------------------------------------------------------------------------
     def finish(self) -> dict[str, np.ndarray]:
