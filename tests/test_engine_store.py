@@ -156,6 +156,19 @@ def test_files_and_folders_that_are_not_an_index_are_refused(digits_cnn, tmp_pat
         em.Session(model, x, index=old)
 
 
+def test_a_build_killed_before_its_first_commit_leaves_an_index_that_opens(digits_cnn, tmp_path):
+    model, x, _ = digits_cnn
+    path = tmp_path / "idx"
+    (path / "views").mkdir(parents=True)
+    (path / "locks").mkdir()
+    (path / ".lock").write_text("")
+    (path / "views" / "v_fc1_ac1556de.0123456789ab.h5.partial").write_bytes(b"half a file")
+    with em.Session(model, x, index=path) as s:
+        assert s.indexed() == {} and files(path) == set()
+        s.build_index("fc1", wait=True)
+        assert set(s.indexed()) == {"fc1"}
+
+
 def test_cancelled_build_leaves_previous_views_untouched(digits_cnn, tmp_path):
     model, x, _ = digits_cnn
     path = tmp_path / "idx"

@@ -225,7 +225,7 @@ class IndexStore:
         p = self.path
         if p.is_file():
             raise IndexFormatError(_describe_file(p))
-        if p.is_dir() and not (p / MANIFEST).exists() and any(p.iterdir()):
+        if p.is_dir() and not _ours(p):
             raise IndexFormatError(f"{p} is a folder that is not an everest index (no {MANIFEST}); "
                                    "give an index path that does not exist yet or an empty folder")
 
@@ -235,7 +235,7 @@ class IndexStore:
         try:
             if p.is_file() or p.is_symlink():
                 p.unlink()
-            elif p.is_dir() and not (p / MANIFEST).exists() and any(p.iterdir()):
+            elif p.is_dir() and not _ours(p):
                 raise IndexFormatError(f"{p} is a folder that is not an everest index (no {MANIFEST}); rebuild=True "
                                        "does not delete folders it did not create: remove it or give another path")
             if p.is_dir():
@@ -529,6 +529,13 @@ class IndexStore:
             finally:
                 lock.release()
         return removed
+
+
+def _ours(p: Path) -> bool:
+    """Is folder `p` an everest index (a manifest), empty, or what a build killed before its
+    first commit left (only the index's own files and folders)?"""
+    return (p / MANIFEST).exists() or all(f.name in ("views", "locks", ".lock") or f.name.startswith(f"{MANIFEST}.tmp-")
+                                          for f in p.iterdir())
 
 
 def _dead(pid: str) -> bool:
