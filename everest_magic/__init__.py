@@ -7,12 +7,12 @@
 In IPython/Jupyter: ``%load_ext everest_magic``. Inside a Jupyter kernel, the import alone lets
 the JupyterLab sidebar list the kernel's sessions, also those made with ``em.Session(...)``.
 """
-from .engine import (EverestError, IndexFormatError, IndexWriteError, Job, JobCancelled, QueryError, QueryStats,
-                     Result, Session, StaleIndexError, UnknownNameError, View)
+from .engine import (EverestError, IndexFormatError, IndexWriteError, Job, JobCancelled, ModelError, QueryError,
+                     QueryStats, Result, Session, StaleIndexError, UnknownNameError, View)
 
 __version__ = "0.1.0"
 __all__ = ["Session", "Result", "QueryStats", "Job", "View", "EverestError", "QueryError",
-           "UnknownNameError", "StaleIndexError", "IndexFormatError", "IndexWriteError", "JobCancelled", "session",
+           "UnknownNameError", "StaleIndexError", "IndexFormatError", "IndexWriteError", "JobCancelled", "ModelError", "session",
            "__version__"]
 
 

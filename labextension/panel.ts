@@ -37,7 +37,7 @@ export const PANEL_ID = 'everest-magic-sidebar';
 /** The hint shown when a kernel has no session. */
 export const START_HINT = [
   '%load_ext everest_magic',
-  '%everest use model=... data=... index=....h5'
+  '%everest use model=... data=... index=FOLDER'
 ];
 
 export class EverestPanel extends Widget {

@@ -204,6 +204,26 @@ JS_CELL_SOURCES = js_with_panel("""
 
 JS_ACTIVE_INDEX = js_with_panel("return panel ? panel.content.activeCellIndex : -1;")
 
+#: True once the first code cell shows an execution count or is running ([*]).
+JS_FIRST_CODE_CELL_STARTED = js_with_panel("""
+  if (!panel) return false;
+  const cell = panel.content.widgets.find(c => c.model.type === 'code');
+  if (!cell) return false;
+  const prompt = cell.node.querySelector('.jp-InputPrompt');
+  return cell.model.executionCount !== null || (prompt && prompt.textContent.includes('*'));
+""")
+
+#: Runs the code cell at `index` of the notebook at `path` (no keyboard focus needed).
+JS_RUN_CELL = """([path, index]) => {
+  const panel = (%s)(path);
+  if (!panel) return false;
+  window.jupyterapp.shell.activateById(panel.id);
+  panel.content.activeCellIndex = index;
+  panel.content.mode = 'command';
+  window.jupyterapp.commands.execute('notebook:run-cell');
+  return true;
+}""" % JS_PANEL
+
 
 def wait_js(page, fn: str, arg=None, timeout_s: float = 60, what: str = "a condition"):
     """Wait until the page function returns a truthy value; returns it."""
@@ -235,14 +255,16 @@ def step(shots: Shots, name: str):
     """Run one scenario step; on failure save FAILED-<name>.png and say which step failed."""
     try:
         yield
-    except BaseException as e:
+    except Exception as e:
         try:
             shots.page.screenshot(path=str(shots.folder / f"FAILED-{name}.png"))
         except Exception:
             pass
-        if isinstance(e, AssertionError):
-            raise AssertionError(f"step {name!r}: {e}") from e
-        raise
+        # Playwright's messages end with a page snapshot of hundreds of lines: keep the head here
+        # (a CI log shows the end of the output), the whole message in FAILED-<name>.txt
+        message = f"{type(e).__name__}: {e}"
+        (shots.folder / f"FAILED-{name}.txt").write_text(message)
+        raise AssertionError(f"step {name!r} failed: {message[:1500]}") from None
 
 
 def reset_artifacts(folder: Path = ARTIFACTS) -> Path:

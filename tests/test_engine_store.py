@@ -226,7 +226,13 @@ def test_sigkill_at_random_moments_never_leaves_a_wrong_or_partial_view(digits_c
     for run in range(21):
         p = subprocess.Popen([sys.executable, "-c", script, str(run)], stdout=subprocess.PIPE, text=True)
         assert p.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.0, 2.5))
+        if run % 2:    # a random moment: a view is often not being written then (sample pass, commit)
+            time.sleep(rng.uniform(0.0, 2.5))
+        else:          # while a view file is being written, whatever this machine's speed
+            until = time.time() + 60
+            while not any(f.endswith(".partial") for f in files(path)) and time.time() < until:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.05))
         partial_seen += any(f.endswith(".partial") for f in files(path))
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
@@ -239,7 +245,7 @@ def test_sigkill_at_random_moments_never_leaves_a_wrong_or_partial_view(digits_c
                 np.testing.assert_array_equal(got[name], arr, err_msg=f"{v}/{name}")
             seen_views.add(v)
         s.close()
-    assert partial_seen and len(seen_views) >= 2, (partial_seen, seen_views)   # kills landed mid-build; builds finished
+    assert partial_seen >= 5 and len(seen_views) >= 2, (partial_seen, seen_views)   # kills landed mid-write; builds finished
     s = em.Session(model, x, index=path, batch_size=8)
     s.build_index(views, wait=True)                # resumes: builds only what is missing
     for v in views:

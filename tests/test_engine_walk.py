@@ -72,9 +72,9 @@ def test_walk_batches_follow_the_measured_batch_cost(session, monkeypatch):
     sizes = []   # the size of every batch the model runs
     real = session.runner.capture
 
-    def spy(layers, batch):
+    def spy(layers, batch, ids=None):
         sizes.append(len(batch))
-        return real(layers, batch)
+        return real(layers, batch, ids)
 
     monkeypatch.setattr(session.runner, "capture", spy)
     session.cache.clear()

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from filelock import Timeout
@@ -36,6 +36,9 @@ from .partition import SAMPLE, cut_fractions, cut_values, pid_dtype, sample_ids,
 from .store import IndexStore, ViewWriter, compress_rows
 from .stream import STAGE_ROWS, ViewState, default_backend, nonfinite
 from .views import View
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 # P is chosen per view: the largest candidate whose index, measured on a sample of the view's
 # neurons, fits SIZE_BUDGET of the float32 materialisation (more partitions: tighter bounds,
@@ -252,12 +255,15 @@ def _building(store: IndexStore, names: list[str], job: Job | None) -> Iterator[
 def build_views(runner: Runner, store: IndexStore, views: list[View], job: Job | None = None,
                 partitions: int | None = None, ratio: float = DEFAULT_RATIO, scheme: str = DEFAULT_SCHEME,
                 memory_budget: int = DEFAULT_MEMORY, min_list: int = DEFAULT_MIN_LIST,
-                size_budget: float = SIZE_BUDGET, rebuild: bool = True, backend: str | None = None) -> dict:
+                size_budget: float = SIZE_BUDGET, rebuild: bool = True, backend: str | None = None,
+                cluster: "Cluster | None" = None) -> dict:
     """Build `views` into the index in one streaming pass; return build stats per view.
 
     Views another process is building are waited for; with `rebuild=False` a view that is
     complete once its lock is held (e.g. built by that process) is skipped.
-    `partitions=None` chooses P per view (`choose_partitions` with `size_budget`)."""
+    `partitions=None` chooses P per view (`choose_partitions` with `size_budget`).
+    With a `cluster` (cluster.Cluster) the pass runs on its workers, a block of inputs a task;
+    the sample and the cuts are the same as in process, so the index is the same."""
     with _building(store, [v.name for v in views], job) as writers:
         store.refresh()
         if not rebuild:
@@ -265,11 +271,22 @@ def build_views(runner: Runner, store: IndexStore, views: list[View], job: Job |
         if not views:
             return {}
         return _build(runner, store, views, job, partitions, ratio, scheme, memory_budget, min_list, size_budget,
-                      backend, writers)
+                      backend, writers, cluster)
+
+
+def _cluster_pass(cluster: "Cluster", views: list[View], writers: list[ViewWriter], cuts: list[np.ndarray],
+                  t: int, n: int, width: int, job: Job | None, done: int, total: int) -> tuple[dict, list[dict]]:
+    """The pass on the cluster's workers: each finished block's chunks are written here (its
+    summaries are merged by `Cluster.build_pass`), in the order blocks finish."""
+    def write(start: int, chunks: list[list[bytes]]) -> None:
+        for w, c in zip(writers, chunks):
+            w.write_chunks(start, c)
+
+    return cluster.build_pass(views, cuts, t, n, width, write, job, done, total)
 
 
 def _build(runner, store, views, job, partitions, ratio, scheme, memory_budget, min_list, size_budget,
-           backend, writers) -> dict:
+           backend, writers, cluster=None) -> dict:
     t0 = time.perf_counter()
     n = runner.data.n
     backend = backend or default_backend(runner.device)
@@ -277,6 +294,8 @@ def _build(runner, store, views, job, partitions, ratio, scheme, memory_budget, 
     ms = [int(np.prod(s)) for s in shapes]
     t = list_length(n, ratio, min_list)
     plan = plan_build(ms, n, t, partitions or max(P_CANDIDATES), runner.batch_size, memory_budget)
+    if cluster is not None:
+        plan.width = cluster.block_width(n, plan.width)
     sample = sample_ids(n, plan.sample)
     total = len(sample) + n
     if job is not None:
@@ -295,7 +314,8 @@ def _build(runner, store, views, job, partitions, ratio, scheme, memory_budget, 
             P, estimate = choose_partitions(acts[:, probe], n, t, scheme, size_budget)
         fractions = cut_fractions(P, scheme)
         cuts = _cuts(acts, fractions)
-        states.append(ViewState(v.name, cuts, t, plan.width, backend, runner.device))
+        if cluster is None:
+            states.append(ViewState(v.name, cuts, t, plan.width, backend, runner.device))
         settings.append((P, fractions, cuts, estimate))
         need += int(4 * n * m * (estimate if estimate is not None else 0.3) * 1.2)
     _check_space(store, need, [v.name for v in views])
@@ -306,11 +326,21 @@ def _build(runner, store, views, job, partitions, ratio, scheme, memory_budget, 
     if job is not None:
         job.phase = "one pass over the data"
     t1 = time.perf_counter()
-    clock = _stream(runner, views, states, writers, 0, n, plan.width, sample, sample_acts, job, len(sample), total)
-    del sample_acts
+    if cluster is None:
+        clock = _stream(runner, views, states, writers, 0, n, plan.width, sample, sample_acts, job, len(sample),
+                        total)
+        del sample_acts
+        arrays = [st.finish() for st in states]
+    else:
+        del sample_acts
+        if job is not None:
+            job.phase = f"one pass over the data on {cluster.workers} Dask workers"
+        clock, arrays = _cluster_pass(cluster, views, writers, [c for _, _, c, _ in settings], t, n, plan.width,
+                                      job, len(sample), total)
+        clock["write_wait"] = 0.0
     t_pass = time.perf_counter() - t1
     stats = {}
-    for v, st, w, (P, fractions, cuts, estimate) in zip(views, states, writers, settings):
+    for v, arr, w, (P, fractions, cuts, estimate) in zip(views, arrays, writers, settings):
         build = {"seconds_total": time.perf_counter() - t0, "seconds_sample": t_sample, "seconds_pass": t_pass,
                  "seconds_inference": t_sample + clock["model"], "seconds_partition": clock["fold"] + clock["write_wait"],
                  "seconds_fold": clock["fold"], "seconds_write_wait": clock["write_wait"],
@@ -319,7 +349,12 @@ def _build(runner, store, views, job, partitions, ratio, scheme, memory_budget, 
                  "device": str(runner.device), "n": n, "min_list": min_list, "P": P,
                  "partitions": "auto" if partitions is None else partitions, "size_budget": size_budget,
                  "estimated_size_ratio": estimate, "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        w.finish(st.finish(), build)
+        if cluster is not None:
+            build.update(cluster=cluster.describe(), cluster_tasks=clock["tasks_by_worker"],
+                         seconds_worker_tasks=clock["tasks"], bytes_from_workers=clock["bytes_pids"]
+                         + clock["bytes_summaries"], bytes_summaries=clock["bytes_summaries"],
+                         seconds_merge_write=clock["merge_write"])
+        w.finish(arr, build)
         stats[v.name] = build
     store.commit(writers)
     return stats

@@ -48,6 +48,10 @@ class IndexBusyError(EverestError):
     """Another process is building the same view."""
 
 
+class ModelError(EverestError):
+    """The model raised an exception in forward (chained as __cause__); names the inputs and layers."""
+
+
 class JobCancelled(EverestError):
     """The job was cancelled before it finished."""
 

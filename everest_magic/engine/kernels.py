@@ -2,11 +2,14 @@
 every value's partition id, each partition's exact count, min and max, and the exact top and
 bottom lists (bounded heaps), with no Python per neuron or per value.
 
-Partition ids come from a branchless binary search over each neuron's cuts, padded with +inf
-to 255 entries (65,535 when P > 256): the id is the number of cuts <= v (as
-`np.searchsorted(..., side="right")`). Heaps order inputs by (value, id) exactly as the index's lists do: the top
-list by value descending then id ascending, the bottom list by value ascending then id
-ascending; their roots are the worst entry kept.
+The id of a value is the number of cuts <= v (as `np.searchsorted(..., side="right")`) among
+the neuron's cuts, padded with +inf to 255 entries (65,535 when P > 256). `accumulate` takes
+the batch (B, m) a tile of TILE neurons at a time, transposed into a small buffer so that each
+neuron's values are contiguous, and counts the cuts a value passes with a linear SIMD loop
+(one compare and add per cut, 64 values a vector) when the neuron has at most LINEAR_CUTS
+finite cuts, else with a branchless binary search. Heaps order inputs by (value, id) exactly
+as the index's lists do: the top list by value descending then id ascending, the bottom list
+by value ascending then id ascending; their roots are the worst entry kept.
 """
 from __future__ import annotations
 
@@ -85,6 +88,99 @@ def _offer(hv, hi, hn, j, v, i, top):
     hi[j, c] = i
 
 
+TILE = 16          # neurons transposed at a time (one 64-byte line of a row of the batch)
+LINEAR_CUTS = 64   # at most this many finite cuts: count them linearly (SIMD), else binary search
+
+
+@njit(inline="always")
+def _transpose(A, j0, w, X):
+    """Columns j0 .. j0 + w of A (B, m) into the rows of X (TILE, B)."""
+    for r in range(A.shape[0]):
+        for q in range(w):
+            X[q, r] = A[r, j0 + q]
+
+
+@njit(inline="always")
+def _finite(x, B):
+    ok = True
+    for r in range(B):
+        ok &= (x[r] - x[r]) == 0.0
+    return ok
+
+
+@njit(inline="always")
+def _finite_cuts(cuts, j):
+    """Cuts of neuron j below +inf (the padding and any +inf cut come last: cuts are sorted)."""
+    lo, hi = 0, cuts.shape[1]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if cuts[j, mid] < np.inf:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(inline="always")
+def _ids_of(x, B, cuts, j, c, cnt, c8):
+    """Partition ids of neuron j's values x[:B] into cnt[:B] (finite values; c finite cuts);
+    c8 (B,) uint8 is scratch for the linear count (64 lanes a vector)."""
+    if c <= LINEAR_CUTS:
+        for r in range(B):
+            c8[r] = 0
+        for k in range(c):
+            ck = cuts[j, k]
+            for r in range(B):
+                c8[r] += np.uint8(x[r] >= ck)
+        for r in range(B):
+            cnt[r] = c8[r]
+    elif cuts.shape[1] > 255:
+        for r in range(B):
+            cnt[r] = _pid16(cuts, j, x[r])
+    else:
+        for r in range(B):
+            cnt[r] = _pid8(cuts, j, x[r])
+
+
+@njit(inline="always")
+def _root(hv, hi, hn, j, t, top):
+    """(value, id) of the root of neuron j's heap; a key every entry beats while it is not full."""
+    if hn[j] < t:
+        return (np.float32(-np.inf), 1 << 62) if top else (np.float32(np.inf), 1 << 62)
+    return hv[j, 0], hi[j, 0]
+
+
+@njit(inline="always")
+def _fold_slow(x, B, ids, col0, cuts, j, pids, counts, lo, hi, top_v, top_i, top_n, bot_v, bot_i, bot_n, bad, t):
+    """The fold of one neuron value by value (a batch with NaN or infinite values)."""
+    wide = cuts.shape[1] > 255
+    for r in range(B):
+        pids[j, ids[r] - col0] = _pid16(cuts, j, x[r]) if wide else _pid8(cuts, j, x[r])
+    tv, ti = np.float32(np.inf), -1          # no entry enters a list while its root is (inf, -1)
+    bv, bi = np.float32(-np.inf), -1
+    if t > 0:
+        tv, ti = _root(top_v, top_i, top_n, j, t, True)
+        bv, bi = _root(bot_v, bot_i, bot_n, j, t, False)
+    for r in range(B):
+        v = x[r]
+        if not (v - v == 0.0):
+            bad[j] = True
+            continue
+        i = ids[r]
+        p = pids[j, i - col0]
+        counts[j, p] += 1
+        if v < lo[j, p]:
+            lo[j, p] = v
+        if v > hi[j, p]:
+            hi[j, p] = v
+        if v > tv or (v == tv and i < ti):
+            _offer(top_v, top_i, top_n, j, v, i, True)
+            tv, ti = _root(top_v, top_i, top_n, j, t, True)
+        if v < bv or (v == bv and i < bi):
+            _offer(bot_v, bot_i, bot_n, j, v, i, False)
+            bv, bi = _root(bot_v, bot_i, bot_n, j, t, False)
+
+
 @njit(nogil=True, parallel=True, cache=True)
 def accumulate(A, ids, col0, cuts, pids, counts, lo, hi, top_v, top_i, top_n, bot_v, bot_i, bot_n, bad):
     """Fold a batch into a view's build state.
@@ -92,42 +188,79 @@ def accumulate(A, ids, col0, cuts, pids, counts, lo, hi, top_v, top_i, top_n, bo
     A (B, m) float32 activations of inputs `ids` (B,); their partition ids go to columns
     ``ids - col0`` of `pids` (m, C). counts/lo/hi (m, P); heaps (m, t) with fill counts (m,).
     A NaN or infinite value sets `bad[j]` and is otherwise ignored (the build then fails).
-    Per neuron, the ids come first in a tight loop (independent searches overlap in the CPU),
-    then the statistics; the heaps' roots are kept in registers.
+
+    Per tile of TILE neurons: the tile's columns of A are copied into a (TILE, B) buffer; per
+    neuron, the ids (`_ids_of`), then one branch-light loop over the values: counts into four
+    interleaved histograms, min and max of the value's partition, and the values that may
+    enter a heap (compared with the heaps' roots at the start; roots only get stricter) are
+    noted; only those are then offered, in input order, exactly as a value-by-value fold would.
     """
     B, m = A.shape
     t = top_v.shape[1]
-    wide = cuts.shape[1] > 255
-    for j in prange(m):
-        if wide:
-            for r in range(B):
-                pids[j, ids[r] - col0] = _pid16(cuts, j, A[r, j])
-        else:
-            for r in range(B):
-                pids[j, ids[r] - col0] = _pid8(cuts, j, A[r, j])
-        tv, ti = np.inf, -1          # no entry enters a list while its root is (inf, -1)
-        bv, bi = -np.inf, -1
-        if t > 0:
-            tv, ti = (-np.inf, 1 << 62) if top_n[j] < t else (top_v[j, 0], top_i[j, 0])
-            bv, bi = (np.inf, 1 << 62) if bot_n[j] < t else (bot_v[j, 0], bot_i[j, 0])
-        for r in range(B):
-            v = A[r, j]
-            if not (v - v == 0.0):
-                bad[j] = True
+    P = counts.shape[1]
+    H = P if P <= 256 else 0           # interleaved histograms when P is small
+    idmin = ids[0] if B > 0 else 0
+    for r in range(B):
+        idmin = min(idmin, ids[r])
+    for tile in prange((m + TILE - 1) // TILE):
+        j0 = tile * TILE
+        w = min(TILE, m - j0)
+        X = np.empty((TILE, B), np.float32)
+        cnt = np.empty(B, np.uint16)
+        c8 = np.empty(B, np.uint8)
+        cand = np.empty(B, np.int64)
+        hist = np.empty(4 * H, np.int64)
+        _transpose(A, j0, w, X)
+        for q in range(w):
+            j = j0 + q
+            x = X[q]
+            finite = _finite(x, B)
+            if not finite:
+                _fold_slow(x, B, ids, col0, cuts, j, pids, counts, lo, hi, top_v, top_i, top_n,
+                           bot_v, bot_i, bot_n, bad, t)
                 continue
-            i = ids[r]
-            p = pids[j, i - col0]
-            counts[j, p] += 1
-            if v < lo[j, p]:
-                lo[j, p] = v
-            if v > hi[j, p]:
-                hi[j, p] = v
-            if v > tv or (v == tv and i < ti):
-                _offer(top_v, top_i, top_n, j, v, i, True)
-                tv, ti = (-np.inf, 1 << 62) if top_n[j] < t else (top_v[j, 0], top_i[j, 0])
-            if v < bv or (v == bv and i < bi):
-                _offer(bot_v, bot_i, bot_n, j, v, i, False)
-                bv, bi = (np.inf, 1 << 62) if bot_n[j] < t else (bot_v[j, 0], bot_i[j, 0])
+            _ids_of(x, B, cuts, j, _finite_cuts(cuts, j), cnt, c8)
+            for r in range(B):
+                pids[j, ids[r] - col0] = cnt[r]
+            tv, ti = np.float32(np.inf), -1
+            bv, bi = np.float32(-np.inf), -1
+            if t > 0:
+                tv, ti = _root(top_v, top_i, top_n, j, t, True)
+                bv, bi = _root(bot_v, bot_i, bot_n, j, t, False)
+            # a value equal to a root enters only with a smaller id than the root's
+            tt = tv if ti > idmin else np.nextafter(tv, np.float32(np.inf))
+            bt = bv if bi > idmin else np.nextafter(bv, np.float32(-np.inf))
+            nc = 0
+            if H > 0:
+                for k in range(4 * H):
+                    hist[k] = 0
+            for r in range(B):
+                v = x[r]
+                p = np.int64(cnt[r])
+                if H > 0:
+                    hist[(r & 3) * H + p] += 1
+                else:
+                    counts[j, p] += 1
+                if v < lo[j, p]:
+                    lo[j, p] = v
+                if v > hi[j, p]:
+                    hi[j, p] = v
+                if v >= tt or v <= bt:
+                    cand[nc] = r
+                    nc += 1
+            if H > 0:
+                for p in range(P):
+                    counts[j, p] += hist[p] + hist[H + p] + hist[2 * H + p] + hist[3 * H + p]
+            for k in range(nc):
+                r = cand[k]
+                v = x[r]
+                i = ids[r]
+                if v > tv or (v == tv and i < ti):
+                    _offer(top_v, top_i, top_n, j, v, i, True)
+                    tv, ti = _root(top_v, top_i, top_n, j, t, True)
+                if v < bv or (v == bv and i < bi):
+                    _offer(bot_v, bot_i, bot_n, j, v, i, False)
+                    bv, bi = _root(bot_v, bot_i, bot_n, j, t, False)
 
 
 @njit(nogil=True, parallel=True, cache=True)
@@ -135,9 +268,24 @@ def partition_ids(A, cuts, out):
     """Partition ids (m, B) of activations A (B, m) (no statistics: used to size the index)."""
     B, m = A.shape
     wide = cuts.shape[1] > 255
-    for j in prange(m):
-        for r in range(B):
-            out[j, r] = _pid16(cuts, j, A[r, j]) if wide else _pid8(cuts, j, A[r, j])
+    for tile in prange((m + TILE - 1) // TILE):
+        j0 = tile * TILE
+        w = min(TILE, m - j0)
+        X = np.empty((TILE, B), np.float32)
+        cnt = np.empty(B, np.uint16)
+        c8 = np.empty(B, np.uint8)
+        _transpose(A, j0, w, X)
+        for q in range(w):
+            j = j0 + q
+            x = X[q]
+            finite = _finite(x, B)
+            if finite:
+                _ids_of(x, B, cuts, j, _finite_cuts(cuts, j), cnt, c8)
+                for r in range(B):
+                    out[j, r] = cnt[r]
+            else:
+                for r in range(B):
+                    out[j, r] = _pid16(cuts, j, x[r]) if wide else _pid8(cuts, j, x[r])
 
 
 def padded_cuts(cuts: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .data import DataAdapter
-from .errors import UnknownNameError
+from .errors import EverestError, ModelError, QueryError, UnknownNameError
 from .views import View
 
 Forward = Callable[[torch.nn.Module, Any], Any]
@@ -23,7 +23,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """`"auto"` -> cuda when present, else cpu."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise QueryError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:1', 'auto'...") from None
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -75,6 +78,7 @@ class Runner:
         self.modules = dict(model.named_modules())
         self.modules.pop("", None)
         self.forward_passes = 0
+        self.remote = None   # a cluster.Cluster: recomputes of at least REMOTE_MIN_INPUTS inputs run there
 
     def module(self, layer: str) -> torch.nn.Module:
         """The module at a `named_modules()` path, or an error naming the closest paths."""
@@ -82,8 +86,11 @@ class Runner:
             raise UnknownNameError("layer", layer, self.modules)
         return self.modules[layer]
 
-    def capture(self, layers: Sequence[str], batch: Any) -> dict[str, torch.Tensor]:
-        """Outputs of `layers` for one batch (the forward stops after the last of them)."""
+    def capture(self, layers: Sequence[str], batch: Any, ids: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """Outputs of `layers` for one batch (the forward stops after the last of them).
+
+        An exception the model raises becomes a `ModelError` naming the batch's input `ids`
+        (None: an input from outside the dataset) and the layers, the original chained."""
         outs: dict[str, torch.Tensor] = {}
         wanted = set(layers)
 
@@ -104,6 +111,10 @@ class Runner:
                 self.forward(self.model, to_device(batch, self.device))
         except _StopForward:
             pass
+        except EverestError:
+            raise
+        except Exception as e:
+            raise forward_error(e, layers, ids) from e
         finally:
             for h in handles:
                 h.remove()
@@ -123,6 +134,8 @@ class Runner:
         """
         ids = np.asarray(ids, dtype=np.int64)
         sizes = sorted(sizes or (self.batch_size,))
+        if self.remote is not None and len(ids) >= self.remote.min_inputs:
+            return self.remote.views(views, ids, sizes, self.batch_size)
         chunks: list[list[np.ndarray]] = [[] for _ in views]
         for s in range(0, len(ids), sizes[-1]):
             for j, out in enumerate(self.view_tensors(views, ids[s:s + sizes[-1]], sizes)):
@@ -137,14 +150,14 @@ class Runner:
         size = next(b for b in sizes if b >= len(ids))
         padded = np.concatenate([ids, np.full(size - len(ids), ids[0])]) if len(ids) < size else ids
         batch = self.data.batch(padded)
-        outs = self.capture(sorted({v.layer for v in views}), batch)
+        outs = self.capture(sorted({v.layer for v in views}), batch, ids)
         return [v.apply(outs[v.layer], batch)[: len(ids)] for v in views]
 
     def view_shapes(self, views: Sequence[View]) -> list[tuple]:
         """Per-input shape of each view (runs one batch)."""
         ids = np.zeros(self.batch_size, np.int64)
         batch = self.data.batch(ids)
-        outs = self.capture(sorted({v.layer for v in views}), batch)
+        outs = self.capture(sorted({v.layer for v in views}), batch, ids[:1])
         return [tuple(v.apply_shaped(outs[v.layer], batch).shape[1:]) for v in views]
 
     def layer_shapes(self, layers: Sequence[str] | None = None) -> dict[str, tuple]:
@@ -164,7 +177,26 @@ class Runner:
         try:
             with torch.inference_mode():
                 self.forward(self.model, to_device(self.data.batch([0]), self.device))
+        except EverestError:
+            raise
+        except Exception as e:
+            raise forward_error(e, names, np.zeros(1, np.int64)) from e
         finally:
             for h in handles:
                 h.remove()
         return outs
+
+
+def forward_error(e: Exception, layers: Sequence[str], ids: np.ndarray | None) -> ModelError:
+    """The error of a model that raised in `forward` while computing `layers` for inputs `ids`."""
+    if ids is None:
+        where = "the external input"
+    elif len(ids) > 2 and np.array_equal(np.diff(ids), np.ones(len(ids) - 1)):
+        where = f"input ids {int(ids[0])}-{int(ids[-1])}"
+    else:
+        shown = ", ".join(str(int(i)) for i in ids[:8]) + (f", ... ({len(ids)} inputs)" if len(ids) > 8 else "")
+        where = f"input ids {shown}" if len(ids) > 1 else f"input id {shown}"
+    names = ", ".join(layers[:5]) + (", ..." if len(layers) > 5 else "")
+    why = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    return ModelError(f"the model raised {type(e).__name__} in forward on {where} (computing layer {names}): {why}; "
+                      "the index is unchanged; fix the model or its inputs and run the command again")

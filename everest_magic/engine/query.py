@@ -135,7 +135,11 @@ def make_aggregation(by: str | list | tuple | np.ndarray, g: int) -> Aggregation
             raise QueryError(f"unknown aggregation {by!r}" + (f"; did you mean {hint[0]!r}?" if hint
                                                               else f"; use one of {AGGREGATIONS} or a list of weights"))
         return Aggregation(by)
-    w = np.asarray(by, dtype=np.float64).ravel()
+    try:
+        w = np.asarray(by, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        raise QueryError(f"by must be an aggregation ({', '.join(AGGREGATIONS)}) or a list of non-negative weights, "
+                         f"one per neuron; got {type(by).__name__} {str(by)[:60]}") from None
     if len(w) != g:
         raise QueryError(f"{len(w)} weights given for a group of {g} neurons")
     if not np.all(np.isfinite(w)):

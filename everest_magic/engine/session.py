@@ -46,6 +46,12 @@ class Session:
     neurons), `ratio` (top and bottom lists of ceil(ratio * n) inputs, at least `min_list`),
     `scheme` ("tails" or "equi"). Caches: `cache_bytes` of recomputed activations,
     `index_cache_bytes` of decoded index rows.
+
+    `cluster` (Dask: "local" starts worker processes here, or a scheduler address or a
+    `distributed.Client`) runs the build's pass and recomputes of many inputs (inspection)
+    on its workers; the model goes to each worker once, pickled, or as its state dict and
+    `model_factory()`; `load_shard(start, stop)` loads inputs start..stop on a worker instead
+    of sending them. See docs/scaling.md.
     """
 
     def __init__(self, model: torch.nn.Module, data: Any, index: str | os.PathLike | None = None, *,
@@ -56,11 +62,14 @@ class Session:
                  min_list: int = DEFAULT_MIN_LIST, size_budget: float = SIZE_BUDGET,
                  index_cache_bytes: int = 64 << 20,
                  tolerance: float = 1e-5, lazy: bool = True, rebuild: bool = False,
-                 data_fingerprint: str | None = None, name: str = "default", jobs: JobManager | None = None):
+                 data_fingerprint: str | None = None, name: str = "default", jobs: JobManager | None = None,
+                 cluster: Any = None, model_factory: Any = None, load_shard: Any = None):
         if not isinstance(model, torch.nn.Module):
             raise QueryError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if batch_size < 1:
-            raise QueryError("batch_size must be >= 1")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise QueryError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if index is not None and not isinstance(index, (str, os.PathLike)):
+            raise QueryError(f"index must be the path of a folder (str or Path), got {type(index).__name__} {index!r}")
         self.name = name
         self.data = DataAdapter(data, collate, data_fingerprint)
         self.n = len(self.data)
@@ -70,6 +79,12 @@ class Session:
         if self.labels is not None and len(self.labels) != self.n:
             raise QueryError(f"{len(self.labels)} labels for {self.n} inputs")
         self.runner = Runner(model, self.data, device=device, batch_size=batch_size, forward=forward)
+        self.cluster = None
+        if cluster is not None:
+            from .cluster import Cluster
+            self.cluster = Cluster(cluster, self.runner, self.data, model_factory=model_factory,
+                                   load_shard=load_shard, device=device)
+            self.runner.remote = self.cluster
         self.cache = ActivationCache(cache_bytes)
         self.memory_budget = memory_budget
         self.partitions, self.size_budget = partitions, float(size_budget)
@@ -88,6 +103,7 @@ class Session:
         self._batching: dict[str, tuple[tuple[int, ...], tuple[float, float]]] = {}
         self._check_rows: dict[str, int] = {}   # rows each view's batch-size check ran
         self._custom: dict[str, View] = {}
+        self._layer_shapes: dict[str, tuple | None] = {}   # layer -> output shape of one input
         self._model_lock = threading.RLock()
         self._build_lock = threading.RLock()
         self._builds: dict[str, Job] = {}   # view -> the latest background build that makes it
@@ -107,6 +123,8 @@ class Session:
         """The view called `name`: a layer path, `layer:mean|max|token_mean|token_max`, or a registered view."""
         if isinstance(name, View):
             return name
+        if not isinstance(name, str) or not name:
+            raise QueryError(f"a view is a layer name such as 'conv2' or 'conv2:mean', got {name!r}")
         if name in self._custom:
             return self._custom[name]
         v = View.parse(name)
@@ -114,7 +132,27 @@ class Session:
             raise UnknownNameError("layer", v.layer, list(self.runner.modules) + list(self._custom))
         if v.reduce is not None and v.reduce not in REDUCTIONS:
             raise UnknownNameError("view reduction", v.reduce, REDUCTIONS)
+        if v.reduce is not None and name not in self.store.views:
+            self._check_reduction(v)
         return v
+
+    def _check_reduction(self, v: View) -> None:
+        """Refuse a channel view of a layer without channels, or a token view of a layer whose
+        output is not (tokens, features) per input (one forward pass of one input per layer)."""
+        if v.layer not in self._layer_shapes:
+            self._layer_shapes[v.layer] = self._locked(self.runner.layer_shapes, [v.layer]).get(v.layer)
+        shape = self._layer_shapes[v.layer]
+        if shape is None:   # not a tensor output: a custom view decides
+            return
+        if v.reduce in ("mean", "max") and len(shape) < 2:
+            raise QueryError(f"view {v.name!r} does not fit layer {v.layer!r}: ':{v.reduce}' reduces each channel over "
+                             f"space and needs an output of shape (channels, ...) per input, but {v.layer!r} gives "
+                             f"{shape}; use {v.layer!r} (one neuron per output element)")
+        if v.reduce in ("token_mean", "token_max") and len(shape) != 2:
+            other = f"{v.layer!r} or '{v.layer}:mean' (channel means)" if len(shape) > 2 else repr(v.layer)
+            raise QueryError(f"view {v.name!r} does not fit layer {v.layer!r}: ':{v.reduce}' reduces over tokens and "
+                             f"needs an output of shape (tokens, features) per input, but {v.layer!r} gives {shape}; "
+                             f"use {other}")
 
     def layers(self) -> list[dict]:
         """Every module path with its type, output shape (of one input) and indexed views."""
@@ -145,7 +183,7 @@ class Session:
         Views already complete in the index are left as they are (the job's result says
         `{"view": {"skipped": "already indexed"}}`) unless `rebuild=True`. A view another
         process is building is waited for (the job's `phase` says so), then skipped."""
-        names = [views] if isinstance(views, str) else list(views)
+        names = list(dict.fromkeys([views] if isinstance(views, str) else views))
         vs = [self.view(v) for v in names]
         if not vs:
             raise QueryError("no views to index")
@@ -166,7 +204,7 @@ class Session:
                     runner = _LockedRunner(self.runner, self._model_lock)
                     built = build_views(runner, self.store, todo, job, partitions=P, ratio=r, scheme=sch,
                                         memory_budget=self.memory_budget, min_list=self.min_list,
-                                        size_budget=self.size_budget, rebuild=rebuild)
+                                        size_budget=self.size_budget, rebuild=rebuild, cluster=self.cluster)
                     stats.update(built)
                     stats.update({v.name: {"skipped": "built by another process"} for v in todo if v.name not in built})
             for v in vs:   # settle the query batch sizes and walk plan now, in the background
@@ -233,17 +271,25 @@ class Session:
         """Run `fn(job)` on the session's model queue (a background thread); returns the Job."""
         return self.jobs.submit(fn, description, queue_name=str(self.runner.device))
 
+    def can_query(self, view: str) -> bool:
+        """Is the view indexed (True) or can a query build it first (False)? Raises a QueryError
+        when it can't: the index is read-only, or the session is not lazy."""
+        name = self.view(view).name
+        if name not in self.store.views:
+            self.store.refresh()   # another process may have built it
+        if name in self.store.views:
+            return True
+        if not os.access(self.index_path if self.index_path.exists() else self.index_path.parent, os.W_OK):
+            raise QueryError(f"view {name!r} is not in the index and the index {str(self.index_path)!r} is "
+                             f"read-only; indexed views: {sorted(self.store.views) or 'none'}")
+        if not self.lazy:
+            raise QueryError(f"view {name!r} is not indexed; run session.build_index([{name!r}])")
+        return False
+
     def ensure_indexed(self, view: str) -> ViewInfo:
         """The view's index, building it now when missing and the session is lazy."""
         v = self.view(view)
-        if v.name not in self.store.views:
-            self.store.refresh()   # another process may have built it
-        if v.name not in self.store.views:
-            if not os.access(self.index_path if self.index_path.exists() else self.index_path.parent, os.W_OK):
-                raise QueryError(f"view {v.name!r} is not in the index and the index {str(self.index_path)!r} is "
-                                 f"read-only; indexed views: {sorted(self.store.views) or 'none'}")
-            if not self.lazy:
-                raise QueryError(f"view {v.name!r} is not indexed; run session.build_index([{v.name!r}])")
+        if not self.can_query(v.name):
             pending = self._builds.get(v.name)
             if pending is not None:   # a build in the background makes it: wait for that one
                 pending.wait()
@@ -369,6 +415,7 @@ class Session:
                 x = x[0]
             if tuple(x.shape) != want:
                 raise QueryError(f"target tensor has shape {tuple(x.shape)}; an input of this dataset has shape {want}")
+            x = _like(x, torch.as_tensor(sample).dtype)
         items = [x] * self.batch_sizes(v.name)[0]
         batch = self.data.collate(items) if self.data.collate else torch.stack([torch.as_tensor(i) for i in items])
         outs = self._locked(self.runner.capture, [v.layer], batch)
@@ -385,10 +432,10 @@ class Session:
         """
         v = self.view(view)
         k = self._k(k)
-        info = self.ensure_indexed(v.name)
-        group = self.neuron_ids(v.name, neurons, info.shape)
+        group = self.neuron_ids(v.name, neurons)   # every argument is checked before a build
         agg = Q.make_aggregation(by, len(group))
         allowed = self._allowed(filter)
+        self.ensure_indexed(v.name)
         ids, scores, stats = Q.topk(self, v.name, group, k, agg, lowest, allowed)
         params = {"by": agg.label if agg.weights is None else list(agg.weights), "k": k, "filter": filter is not None}
         return self._result("bottomk" if lowest else "topk", v.name, group, ids, scores, stats, params)
@@ -409,9 +456,12 @@ class Session:
         """
         v = self.view(view)
         k = self._k(k)
-        info = self.ensure_indexed(v.name)
-        group = self.neuron_ids(v.name, neurons, info.shape)
+        group = self.neuron_ids(v.name, neurons)   # every argument is checked before a build
         allowed = self._allowed(filter)
+        Q.check_metric(metric)
+        if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+            self._target_id(target)
+        self.ensure_indexed(v.name)
         pre = QueryStats(n=self.n)
         if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
             tid = self._target_id(target)
@@ -422,6 +472,11 @@ class Session:
             target_desc: Any = int(tid)
         elif isinstance(target, (torch.Tensor, np.ndarray)) or (self.data.collate is not None and not isinstance(target, bool)):
             trow = self.external_activations(v.name, target)
+            bad = group[~np.isfinite(trow[group])]
+            if len(bad):
+                raise QueryError(f"the external target gives NaN or infinite activations at neurons "
+                                 f"{_some(bad)} of view {v.name!r}; no distance to it is defined: check the "
+                                 "target tensor (NaN, inf or values far outside the data's range)")
             pre.inputs_recomputed += 1
             pre.batches += 1
             pre.rows_run += self.batch_sizes(v.name)[0]
@@ -441,15 +496,21 @@ class Session:
     # -- helpers -------------------------------------------------------------------------------
     def neuron_ids(self, view: str, neurons: NeuronSpec, shape: tuple | None = None) -> np.ndarray:
         """Flat neuron ids of a group given as ints and/or index tuples of the view's shape."""
+        if isinstance(neurons, (torch.Tensor, np.ndarray)):
+            neurons = np.asarray(neurons).tolist()
+        if isinstance(neurons, (str, bytes)) or not isinstance(neurons, (int, np.integer, Iterable)):
+            hint = f"; write {int(neurons)}" if isinstance(neurons, float) and neurons.is_integer() else ""
+            raise QueryError(f"neurons must be a neuron index (int), an index tuple or a list of them, got "
+                             f"{neurons!r} ({type(neurons).__name__}){hint}")
         shape = tuple(shape if shape is not None else self.shape(view))
         m = int(np.prod(shape))
         if isinstance(neurons, (int, np.integer)) or (isinstance(neurons, tuple) and all(isinstance(x, (int, np.integer)) for x in neurons) and len(neurons) == len(shape) and len(shape) > 1):
             neurons = [neurons]
-        if isinstance(neurons, (torch.Tensor, np.ndarray)):
-            neurons = np.asarray(neurons).tolist()
         out = []
         for item in neurons:
             if isinstance(item, (tuple, list)):
+                if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in item):
+                    raise QueryError(f"neuron {tuple(item)}: the indices of a tuple must be ints")
                 if len(item) != len(shape):
                     raise QueryError(f"neuron {tuple(item)} has {len(item)} indices; view {view!r} has shape {shape}")
                 for ax, (i, s) in enumerate(zip(item, shape)):
@@ -479,7 +540,7 @@ class Session:
         return int(i)
 
     def _ids(self, ids: Any) -> np.ndarray:
-        arr = np.atleast_1d(np.asarray(ids))
+        arr = _flat(ids)
         if arr.dtype.kind not in "iu":
             raise QueryError(f"input ids must be integers, got {arr.dtype}")
         if len(arr) and (arr.min() < 0 or arr.max() >= self.n):
@@ -489,7 +550,7 @@ class Session:
     def _allowed(self, filter: Any) -> np.ndarray:
         if filter is None:
             return np.ones(self.n, bool)
-        arr = np.asarray(filter)
+        arr = _flat(filter)
         if arr.dtype == bool:
             if arr.shape != (self.n,):
                 raise QueryError(f"a boolean filter needs one entry per input ({self.n}), got shape {arr.shape}")
@@ -519,6 +580,10 @@ class Session:
         if self._own_jobs:
             self.jobs.shutdown()
         self.store.close()
+        if self.cluster is not None:
+            self.runner.remote = None
+            self.cluster.close()
+            self.cluster = None
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
 
@@ -529,8 +594,44 @@ class Session:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"<Session {self.name!r}: {type(self.runner.model).__name__} on {self.runner.device}, "
+        where = f"{self.runner.device}" + (f" + Dask {self.cluster.describe()}" if self.cluster is not None else "")
+        return (f"<Session {self.name!r}: {type(self.runner.model).__name__} on {where}, "
                 f"{self.n} inputs, index {str(self.index_path)!r} ({len(self.store.views)} views)>")
+
+
+def _like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An external input in the dataset's dtype: converted within floats (or within ints),
+    refused across kinds (a uint8 image is not on the scale of float data)."""
+    if x.dtype == dtype:
+        return x
+    if x.is_floating_point() == dtype.is_floating_point and x.dtype != torch.bool and dtype != torch.bool:
+        return x.to(dtype)
+    raise QueryError(f"target tensor has dtype {x.dtype}; an input of this dataset is {dtype}: convert it the way the "
+                     f"dataset was made (e.g. x.float() / 255 for 8-bit images scaled to [0, 1])")
+
+
+def _some(values: np.ndarray, n: int = 10) -> str:
+    """The first `n` values, then how many more."""
+    shown = ", ".join(str(int(v)) for v in values[:n])
+    return shown + (f" and {len(values) - n} more" if len(values) > n else "")
+
+
+def _flat(ids: Any) -> np.ndarray:
+    """Input ids (or a boolean mask) as a 1-d array; anything nested or of mixed kinds is refused."""
+    if isinstance(ids, (set, frozenset)):
+        ids = sorted(ids)
+    try:
+        arr = np.atleast_1d(np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids))
+    except (TypeError, ValueError):
+        arr = np.array([None])
+    if arr.ndim != 1 or arr.dtype == object:
+        raise QueryError(f"input ids must be an int or a flat collection of ints, got {_short(ids)}")
+    return arr
+
+
+def _short(value: Any, n: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[:n - 3] + "..."
 
 
 def padded_rows(count: int, sizes: Sequence[int]) -> int:

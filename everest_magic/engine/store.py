@@ -81,6 +81,21 @@ def _checked_chunks(rows: np.ndarray) -> list[bytes]:
     return [c + struct.pack("<I", int(fletcher32(np.frombuffer(c, np.uint8)))) for c in compress_rows(rows)]
 
 
+def _whole(pids: np.ndarray, width: int) -> np.ndarray:
+    """A block of partition ids padded to the chunk width (an edge chunk is stored whole)."""
+    if pids.shape[1] >= width:
+        return pids
+    rows = np.zeros((pids.shape[0], width), pids.dtype)
+    rows[:, :pids.shape[1]] = pids
+    return rows
+
+
+def checked_chunks(pids: np.ndarray, width: int) -> list[bytes]:
+    """The stored chunks (one a neuron) of a block of partition ids (m, <= width), ready for
+    `ViewWriter.write_chunks`; pure, so any process can make them (e.g. a Dask worker)."""
+    return _checked_chunks(_whole(pids, width))
+
+
 def read_chunk_rows(node: tables.Leaf, row: int) -> tuple[int, np.ndarray]:
     """(first row, rows) of the chunk holding `row` of a 2-d array chunked by whole rows, read
     as one raw chunk and decompressed here (about 10x faster than the HDF5 filter pipeline
@@ -356,7 +371,7 @@ class IndexStore:
         return h
 
     def damaged(self, info: ViewInfo, seg: Segment, e: BaseException | str) -> IndexFormatError:
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        why = _reason(e, self.path / seg.file)
         return IndexFormatError(f"{self.path / seg.file}: view {info.name!r} is damaged ({why[:160]}); rebuild it "
                                 f"with build_index([{info.name!r}], rebuild=True) or Session(..., rebuild=True)")
 
@@ -487,7 +502,7 @@ class IndexStore:
                 w.unpublish()
             raise
         for f in replaced:   # open readers keep their handles; new readers see the new files
-            (self.path / f).unlink(missing_ok=True)
+            _remove(self.path / f)
         self.refresh()
 
     def annotate(self, name: str, **query: Any) -> None:
@@ -524,11 +539,30 @@ class IndexStore:
                     used = {s["file"] for v in doc["views"].values() for s in v.get("segments", [])}
                     for f in files:
                         if f"views/{f.name}" not in used:
-                            f.unlink(missing_ok=True)
+                            _remove(f)
                             removed.append(f.name)
             finally:
                 lock.release()
         return removed
+
+
+def _reason(e: BaseException | str, path: Path) -> str:
+    """One short line saying why a file could not be read (HDF5's innermost error, not its back trace)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if "End of HDF5 error back trace" in lines:
+        lines = lines[:lines.index("End of HDF5 error back trace")][-1:]
+    why = lines[0] if lines else type(e).__name__
+    if why == "file signature not found":
+        why = "empty file" if path.is_file() and path.stat().st_size == 0 else "not an HDF5 file"
+    return why
+
+
+def _remove(path: Path) -> None:
+    """Remove a file of the index, or whatever took its place (a folder)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _ours(p: Path) -> bool:
@@ -653,13 +687,14 @@ class ViewWriter:
 
     def write_block(self, col0: int, pids: np.ndarray) -> None:
         """Partition ids (m, w) of inputs col0 .. col0 + w (w = width, less at the end)."""
-        rows = pids
-        if pids.shape[1] < self.width:     # an edge chunk is stored whole
-            rows = np.zeros((pids.shape[0], self.width), pids.dtype)
-            rows[:, :pids.shape[1]] = pids
+        rows = _whole(pids, self.width)
         parts = np.array_split(np.arange(len(rows)), 8)
         chunks = [c for part in self._pool.map(lambda ix: _checked_chunks(rows[ix[0]:ix[-1] + 1]) if len(ix) else [],
                                                parts) for c in part]
+        self.write_chunks(col0, chunks)
+
+    def write_chunks(self, col0: int, chunks: list[bytes]) -> None:
+        """The stored chunks (`checked_chunks`) of the block of inputs starting at col0."""
         try:
             with HDF5_LOCK:
                 for j, chunk in enumerate(chunks):

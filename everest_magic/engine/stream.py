@@ -50,6 +50,7 @@ class ViewState:
         self.cuts = np.ascontiguousarray(cuts, np.float32)
         self.pids = np.zeros((self.m, width), pid_dtype(self.P))
         self.col0 = 0
+        self.seen = 0   # inputs folded in (the lists hold min(t, seen) entries)
         m, P, t = self.m, self.P, self.t
         if backend == "numba":
             self._cuts = kernels.padded_cuts(self.cuts)
@@ -88,6 +89,7 @@ class ViewState:
         """Fold in activations (B, m) (ndarray or tensor) of inputs `ids` (all in the block);
         call `flush()` before reading `pids` or the results."""
         ids = np.asarray(ids, np.int64)
+        self.seen += len(ids)
         if self.backend == "torch":
             self._add_torch(torch.as_tensor(acts, device=self.device, dtype=torch.float32), ids)
             return
@@ -145,13 +147,15 @@ class ViewState:
     # -- results -----------------------------------------------------------------------------
     def finish(self) -> dict[str, np.ndarray]:
         """counts (m, P) uint32, bounds (m, P, 2) float32 (NaN where empty), and the lists
-        (m, t): top_ids, top_vals, bot_ids, bot_vals, best first."""
+        (m, t): top_ids, top_vals, bot_ids, bot_vals, best first (fewer than t when fewer
+        inputs were folded in)."""
         self.flush()
         self.check_finite()
-        m, P, t = self.m, self.P, self.t
+        m, P = self.m, self.P
+        t = min(self.t, self.seen)
         if self.backend == "numba":
             counts, lo, hi = self.counts, self.lo, self.hi
-            tv, ti, _, bv, bi, _ = self.heaps
+            tv, ti, _, bv, bi, _ = (h[:, :t] if h.ndim == 2 else h for h in self.heaps)   # filled first
             order = np.lexsort((ti, -tv.astype(np.float64)), axis=1)
             top_vals, top_ids = np.take_along_axis(tv, order, 1), np.take_along_axis(ti, order, 1)
             order = np.lexsort((bi, bv), axis=1)
@@ -160,9 +164,9 @@ class ViewState:
             counts = self.counts.reshape(m, P).cpu().numpy()
             lo = self.lo.reshape(m, P).cpu().numpy()
             hi = self.hi.reshape(m, P).cpu().numpy()
-            top_vals, low = _unpack(self.top)
+            top_vals, low = _unpack(self.top[:, :t])               # sorted: the unfilled keys come last
             top_ids = 0xFFFFFFFF - low
-            bot_vals, bot_ids = _unpack(self.bot)
+            bot_vals, bot_ids = _unpack(self.bot[:, :t])
         bounds = np.stack([lo, hi], axis=-1).astype(np.float32)
         bounds[counts == 0] = np.nan
         return {"counts": counts.astype(np.uint32), "bounds": bounds,
@@ -177,6 +181,7 @@ class ViewState:
         k = min(self.t, prev["top_ids"].shape[1])
         if k != self.t:
             raise QueryError(f"view {self.name!r}: the index's lists hold {k} inputs, the build wants {self.t}")
+        self.seen = k
         if self.backend == "numba":
             self.counts[:], self.lo[:], self.hi[:] = counts, lo, hi
             tv, ti, tn, bv, bi, bn = self.heaps
@@ -192,6 +197,25 @@ class ViewState:
             self.hi[:] = torch.as_tensor(hi.reshape(-1), device=self.device)
             self.top = _pack(prev["top_vals"], 0xFFFFFFFF - prev["top_ids"].astype(np.int64), self.device)
             self.bot = _pack(prev["bot_vals"], prev["bot_ids"].astype(np.int64), self.device)
+
+
+def merge_summaries(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray], t: int) -> dict[str, np.ndarray]:
+    """The `ViewState.finish()` arrays of two disjoint sets of inputs (e.g. two blocks built on
+    different workers) as if folded in one state: counts add, bounds widen, and each list keeps
+    its best t of both by (value, id), as the heaps do."""
+    if a is None:
+        return b
+    counts = a["counts"] + b["counts"]
+    lo = np.fmin(a["bounds"][..., 0], b["bounds"][..., 0])     # NaN (empty) on one side: the other
+    hi = np.fmax(a["bounds"][..., 1], b["bounds"][..., 1])
+    out = {"counts": counts, "bounds": np.stack([lo, hi], axis=-1).astype(np.float32)}
+    for side, sign in (("top", -1.0), ("bot", 1.0)):
+        ids = np.concatenate([a[f"{side}_ids"], b[f"{side}_ids"]], axis=1)
+        vals = np.concatenate([a[f"{side}_vals"], b[f"{side}_vals"]], axis=1)
+        order = np.lexsort((ids, sign * vals.astype(np.float64)), axis=1)[:, :t]
+        out[f"{side}_ids"] = np.take_along_axis(ids, order, 1)
+        out[f"{side}_vals"] = np.take_along_axis(vals, order, 1)
+    return out
 
 
 _I64_MIN = -(1 << 63)

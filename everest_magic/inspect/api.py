@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -21,7 +21,11 @@ def _check_names(options: dict) -> None:
             raise UnknownNameError("inspect option", k, valid)
 
 
-def run_inspect(session: Any, views: str | Sequence[str], hypotheses: Any, measures: Any = "auto", *,
+Models = Any   # a Session, a dict name -> Session, or a list of Sessions (named by `.name`)
+Views = Any    # a view name, a list of them, or a dict model name -> view name(s)
+
+
+def run_inspect(sessions: Models, views: Views, hypotheses: Any, measures: Any = "auto", *,
                 units: Any = None, tokenizer: Any = None, filter: Any = None, epsilon: float = 0.05,
                 confidence: float = 0.95, top: int = 5, patience: int | None = 3, min_inputs: int = 500,
                 max_inputs: int | None = 10_000, early_stop: bool = True, bins: int = 10, q: float = 0.005,
@@ -29,7 +33,14 @@ def run_inspect(session: Any, views: str | Sequence[str], hypotheses: Any, measu
                 ) -> pd.DataFrame:
     """Score every unit of `views` against every hypothesis with every measure, on this thread.
 
-    - `views`: view names ("fc1", "conv2:mean", "encoder.layer.3.output:token_mean", ...).
+    - `sessions`: one Session, or several models over the same data: a dict name -> Session
+      (e.g. training checkpoints) or a list of Sessions (named by `.name`). One pass serves
+      them all: each chunk of inputs is loaded once and runs through every model, each
+      hypothesis is computed once (on the first session: its data, labels and hypothesis
+      cache), and early stopping looks at all the models' scores together. The rows of
+      several models carry a `model` column.
+    - `views`: view names ("fc1", "conv2:mean", "encoder.layer.3.output:token_mean", ...), the
+      same for every model, or a dict model name -> view names.
     - `hypotheses`: one spec, a list, or a dict name -> spec; a spec is a built-in name
       ("ink", "class", "quotes", "keyword:return"...), a `Hypothesis`, a function of a raw
       input (a value, or a 2-D concept mask), one value per input (array, list, Series) or
@@ -50,25 +61,25 @@ def run_inspect(session: Any, views: str | Sequence[str], hypotheses: Any, measu
     options = Options(epsilon=epsilon, confidence=confidence, top=top, patience=patience, min_inputs=min_inputs,
                       max_inputs=max_inputs, early_stop=early_stop, bins=bins, q=q, holdout=holdout, seed=seed,
                       chunk=chunk)
-    plan = build_plan(session, views, hypotheses, measures, units=units, tokenizer=tokenizer, filter=filter,
+    plan = build_plan(sessions, views, hypotheses, measures, units=units, tokenizer=tokenizer, filter=filter,
                       options=options)
     return run_plan(plan, job)
 
 
-def inspect_job(session: Any, views: str | Sequence[str], hypotheses: Any, measures: Any = "auto",
+def inspect_job(sessions: Models, views: Views, hypotheses: Any, measures: Any = "auto",
                 **options: Any) -> Job:
-    """`run_inspect` as a background job on the session's queue; `job.result()` is the DataFrame.
+    """`run_inspect` as a background job on the (first) session's queue; `job.result()` is the DataFrame.
 
     The request is checked before the job starts (bad input raises here); the job reports
     progress in inputs scored of inputs planned and stops at its next batch when cancelled.
     """
     _check_names(options)
     plan_args = {k: options.pop(k) for k in PLAN_ARGS if k in options}
-    plan = build_plan(session, views, hypotheses, measures, options=Options(**options), **plan_args)
-    return session.submit(lambda job: run_plan(plan, job), plan.description)
+    plan = build_plan(sessions, views, hypotheses, measures, options=Options(**options), **plan_args)
+    return plan.session.submit(lambda job: run_plan(plan, job), plan.description)
 
 
-def inspect(session: Any, views: str | Sequence[str], hypotheses: Any, measures: Any = "auto", *,
+def inspect(sessions: Models, views: Views, hypotheses: Any, measures: Any = "auto", *,
             wait: bool = True, **options: Any) -> pd.DataFrame | Job:
     """Deep neural inspection: the DataFrame of scores (`wait=True`), or the background Job.
 
@@ -76,5 +87,5 @@ def inspect(session: Any, views: str | Sequence[str], hypotheses: Any, measures:
     """
     _check_names(options)
     if wait:
-        return run_inspect(session, views, hypotheses, measures, **options)
-    return inspect_job(session, views, hypotheses, measures, **options)
+        return run_inspect(sessions, views, hypotheses, measures, **options)
+    return inspect_job(sessions, views, hypotheses, measures, **options)

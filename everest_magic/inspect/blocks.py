@@ -43,6 +43,7 @@ class Block:
     def __init__(self, name: str, source: View, shape: tuple, units: np.ndarray, hyps: list[Hypothesis],
                  measures: dict[str, tuple[str, ...]], encoders: dict[str, Encoder]):
         self.name, self.source, self.shape = name, source, tuple(shape)
+        self.model: str | None = None   # the model whose activations the block reads (None: the only one)
         self.units = np.asarray(units, np.int64)
         self.hyps = hyps
         self.measures = measures

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..engine.errors import QueryError, UnknownNameError
+from ..engine.session import Session
 from ..engine.views import View
 from . import library
 from .activations import token_batch
@@ -87,7 +88,11 @@ class Options:
 
 @dataclass
 class Plan:
-    """What a run does: blocks to feed, hypotheses to compute, inputs in order, views to fetch."""
+    """What a run does: blocks to feed, hypotheses to compute, inputs in order, views to fetch.
+
+    `models` maps a model name to its session (one entry named None for a one-model call);
+    `session` is the first of them: its data, labels and hypothesis cache serve every model.
+    `fetch` maps a model name to the views its blocks read; each block's `model` says whose."""
 
     session: Any
     blocks: list[Block]
@@ -95,12 +100,18 @@ class Plan:
     encoders: dict[str, Encoder]
     order: np.ndarray
     available: int
-    fetch: list[View]
+    fetch: dict[str | None, list[View]]
     options: Options
     tokenizer: Any = None
     token_length: int | None = None
     skipped: list[str] = field(default_factory=list)
     description: str = ""
+    models: dict[str | None, Any] = field(default_factory=dict)
+
+    @property
+    def multi(self) -> bool:
+        """Several models (or models given by name): the rows carry a `model` column."""
+        return None not in self.models
 
 
 # -- hypotheses -------------------------------------------------------------------------------------------
@@ -166,11 +177,16 @@ def resolve_measures(measures: Any) -> tuple[str, ...] | None:
 
 # -- the plan ---------------------------------------------------------------------------------------------
 
-def build_plan(session: Any, views: Any, hypotheses: Any, measures: Any = "auto", *, units: Any = None,
+def build_plan(sessions: Any, views: Any, hypotheses: Any, measures: Any = "auto", *, units: Any = None,
                tokenizer: Any = None, filter: Any = None, options: Options | None = None) -> Plan:
-    """Check a request and plan its run (raises QueryError on bad input)."""
+    """Check a request and plan its run (raises QueryError on bad input).
+
+    `sessions`: one Session, a dict name -> Session or a list of Sessions (named by `.name`)
+    over the same data; `views`: the views of every model, or a dict model name -> views."""
     opts = (options or Options()).check()
-    vs = _views(session, views)
+    models = resolve_models(sessions)
+    session = next(iter(models.values()))
+    vs = {name: _views(s, _model_views(views, name, models)) for name, s in models.items()}
     wanted = resolve_measures(measures)
     hyps = [h.bind(session) for h in resolve_hypotheses(hypotheses)]
     candidates = np.flatnonzero(session._allowed(filter))
@@ -181,10 +197,13 @@ def build_plan(session: Any, views: Any, hypotheses: Any, measures: Any = "auto"
     hyps = [h.settle(session, int(order[0])) if isinstance(h, AnyFunction) else h for h in hyps]
 
     levels = {h.level for h in hyps}
-    raw = {v.layer: session.view(v.layer) for v in vs} if levels - {"input"} else {}
-    shape_views = list({v.name: v for v in vs + list(raw.values())}.values())
-    shapes = dict(zip([v.name for v in shape_views], session._locked(session.runner.view_shapes, shape_views)))
-    token_length = _token_length(hyps, vs, raw, shapes, tokenizer)
+    raw, shapes, lengths = {}, {}, {}
+    for name, s in models.items():
+        raw[name] = {v.layer: s.view(v.layer) for v in vs[name]} if levels - {"input"} else {}
+        shape_views = list({v.name: v for v in vs[name] + list(raw[name].values())}.values())
+        shapes[name] = dict(zip([v.name for v in shape_views], s._locked(s.runner.view_shapes, shape_views)))
+        lengths[name] = _token_length(hyps, vs[name], raw[name], shapes[name], tokenizer)
+    token_length = _one_token_length(lengths)
     tokens = token_batch(session, sample, tokenizer, token_length) if token_length else None
     encoders = {}
     for h in hyps:
@@ -194,18 +213,77 @@ def build_plan(session: Any, views: Any, hypotheses: Any, measures: Any = "auto"
             raise QueryError(f"concept mask {h.name!r} must be boolean or numeric, not categorical")
         encoders[h.name] = Encoder(h)
 
-    blocks, skipped = [], []
-    for v in vs:
-        for level in ("input", "position", "token"):
-            src = v if level == "input" else raw.get(v.layer)
-            blocks += _blocks(session, v, src, level, [h for h in hyps if h.level == level],
-                              shapes.get(src.name) if src else None, wanted, units, encoders, sample, skipped)
+    blocks, skipped, fetch = [], [], {}
+    for name in models:
+        mine, notes = [], []
+        for v in vs[name]:
+            for level in ("input", "position", "token"):
+                src = v if level == "input" else raw[name].get(v.layer)
+                mine += _blocks(session, v, src, level, [h for h in hyps if h.level == level],
+                                shapes[name].get(src.name) if src else None, wanted, units, encoders, sample, notes)
+        for b in mine:
+            b.model = name
+        blocks += mine
+        skipped += [(what, on if name is None else f"{on} ({name})", why) for what, on, why in notes]
+        fetch[name] = list({b.source.name: b.source for b in mine}.values())
     _check_coverage(hyps, wanted, blocks, skipped)
-    fetch = list({b.source.name: b.source for b in blocks}.values())
-    desc = f"inspect {' '.join(v.name for v in vs)} ~ {', '.join(h.name for h in hyps)}"
+    desc = " | ".join(f"inspect {'' if name is None else name + ': '}{' '.join(v.name for v in vs[name])}"
+                      for name in models) + f" ~ {', '.join(h.name for h in hyps)}"
     notes = list(dict.fromkeys(f"{what} x {on}: {why}" for what, on, why in skipped))
     return Plan(session, blocks, hyps, encoders, order, len(candidates), fetch, opts, tokenizer, token_length,
-                notes, desc)
+                notes, desc, models)
+
+
+def resolve_models(sessions: Any) -> dict[str | None, Any]:
+    """Model name -> Session: {None: s} for one Session, the dict given, or a list named by `.name`.
+
+    Every model must read the same data (same inputs, by the data's fingerprint)."""
+    if isinstance(sessions, Mapping):
+        models = {str(k): v for k, v in sessions.items()}
+    elif isinstance(sessions, (list, tuple)):
+        models = {getattr(s, "name", None): s for s in sessions}
+        names = [getattr(s, "name", None) for s in sessions]
+        dup = sorted({str(n) for n in names if names.count(n) > 1})
+        if dup:
+            raise QueryError(f"models given as a list are named by their session's name; {', '.join(map(repr, dup))} "
+                             "appears more than once (pass a dict name -> session)")
+    else:
+        models = {None: sessions}
+    if not models:
+        raise QueryError("no models to inspect; pass a session, or a dict name -> session")
+    bad = [k for k, s in models.items() if not isinstance(s, Session)]
+    if bad:
+        raise QueryError(f"a model to inspect is given by its everest_magic Session; {bad[0]!r} is a "
+                         f"{type(models[bad[0]]).__name__}")
+    first_name, first = next(iter(models.items()))
+    for name, s in models.items():
+        if s.n != first.n or s.data.fingerprint() != first.data.fingerprint():
+            raise QueryError(f"models inspected together must read the same data: model {name!r} has {s.n} inputs "
+                             f"(data fingerprint {s.data.fingerprint()}), model {first_name!r} {first.n} "
+                             f"({first.data.fingerprint()})")
+    return models
+
+
+def _model_views(views: Any, name: str | None, models: dict) -> Any:
+    """The views of one model: `views` itself, or its entry when `views` is a dict per model."""
+    if not isinstance(views, Mapping):
+        return views
+    unknown = [k for k in views if str(k) not in models]
+    if unknown:
+        raise UnknownNameError("model", str(unknown[0]), [str(m) for m in models])
+    if name not in views:
+        raise QueryError(f"views given per model must name every model; {name!r} has none "
+                         f"(models: {', '.join(map(str, models))})")
+    return views[name]
+
+
+def _one_token_length(lengths: dict) -> int | None:
+    """The token axis length shared by the models that have one (their data must align the same tokens)."""
+    found = {n for n in lengths.values() if n is not None}
+    if len(found) > 1:
+        raise QueryError("models inspected together with token hypotheses must read the same tokens; their token "
+                         f"axes have lengths {sorted(found)}")
+    return found.pop() if found else None
 
 
 def _views(session: Any, views: Any) -> list[View]:

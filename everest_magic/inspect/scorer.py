@@ -14,6 +14,15 @@ their confidence intervals are computed; the pass stops early when
 
 otherwise it ends at the sample cap ("max_inputs") or when every input was seen ("complete").
 Probe rows are fitted once, on the final sample.
+
+Several models over the same data share the pass: each chunk's inputs are loaded once and
+run through every model, each hypothesis is computed once for all of them, and the stopping
+rules look at the scores of every model together.
+
+The run limits numpy's BLAS to one thread: its idle threads spin for a while after each
+product, and on a small machine they take the cores from the model's forward passes (the
+Pearson updates interleave with them), which made the pass's model time nearly twice a bare
+inference pass.
 """
 from __future__ import annotations
 
@@ -22,10 +31,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from ..engine.errors import QueryError
 from ..engine.jobs import Job
-from .activations import fetch_many, token_batch
+from .activations import fetch_models, token_batch
 from .blocks import Scores
 from .measures import strength
 from .plan import Plan
@@ -34,11 +44,19 @@ from .results import InspectStats, make_frame
 
 def run_plan(plan: Plan, job: Job | None = None) -> pd.DataFrame:
     """Run a plan; returns the long DataFrame of scores (see `results.make_frame`)."""
+    with threadpool_limits(1, user_api="blas"):
+        return _run(plan, job)
+
+
+def _run(plan: Plan, job: Job | None) -> pd.DataFrame:
     t0 = time.perf_counter()
     s, opts = plan.session, plan.options
     total = len(plan.order)
     batch = s.runner.batch_size
     chunk = opts.chunk or batch * max(1, round(256 / batch))
+    remote = getattr(s.runner, "remote", None)
+    if opts.chunk is None and remote is not None:    # a cluster session: chunks its workers share
+        chunk = max(chunk, remote.min_inputs)
     seen = from_cache = checkpoints = stable = 0
     clock = {"model": 0.0, "hypotheses": 0.0, "scoring": 0.0}
     next_check = opts.min_inputs
@@ -46,19 +64,20 @@ def run_plan(plan: Plan, job: Job | None = None) -> pd.DataFrame:
     reason = None
     scores: list[list[Scores]] | None = None
     levels = {b.level for b in plan.blocks}
+    models = {name: (plan.models[name], views) for name, views in plan.fetch.items() if views}
     for start in range(0, total, chunk):
         if job is not None:
             job.step(seen, total)
         ids = plan.order[start:start + chunk]
         t = time.perf_counter()
-        acts, hits = fetch_many(s, plan.fetch, ids)
-        from_cache += hits
+        acts, hits = fetch_models(models, ids)
+        from_cache += int(hits.sum())
         t = _tick(clock, "model", t)
         tokens = token_batch(s, ids, plan.tokenizer, plan.token_length) if "token" in levels else None
         coded = _coded(plan, ids, tokens)
         t = _tick(clock, "hypotheses", t)
         for b in plan.blocks:
-            b.update(ids, acts, coded, tokens)
+            b.update(ids, acts[b.model], coded, tokens)
         seen += len(ids)
         scores = None
         if opts.early_stop and seen >= next_check and seen < total:
@@ -89,7 +108,7 @@ def run_plan(plan: Plan, job: Job | None = None) -> pd.DataFrame:
                          inputs_recomputed=seen - from_cache, checkpoints=checkpoints, stop_reason=reason,
                          skipped=list(plan.skipped), ids=plan.order[:seen].copy(), options=opts,
                          seconds_model=clock["model"], seconds_hypotheses=clock["hypotheses"],
-                         seconds_scoring=clock["scoring"])
+                         seconds_scoring=clock["scoring"], models=[] if not plan.multi else list(plan.models))
     return make_frame(plan.blocks, scores, probes, stats)
 
 
@@ -164,5 +183,6 @@ def _tops(plan: Plan, scores: list[list[Scores]], top: int) -> dict:
     for b, block in zip(plan.blocks, scores):
         for sc in block:
             order = np.argsort(-strength(sc.measure, sc.score), kind="stable")[:top]
-            out[(b.name, b.level, sc.hypothesis, repr(sc.label), sc.measure)] = frozenset(b.units[order].tolist())
+            key = (b.model, b.name, b.level, sc.hypothesis, repr(sc.label), sc.measure)
+            out[key] = frozenset(b.units[order].tolist())
     return out

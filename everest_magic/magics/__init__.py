@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, magics_class, needs_local_scope, no_var_expand
 from IPython.display import display
 
 from ..engine.errors import EverestError
 from . import parser as P
-from .commands import DISPATCH, Context
+from .commands import DISPATCH, Context, at_command
 from .state import KernelState
 
 _STATE: KernelState | None = None
@@ -29,8 +29,10 @@ class EverestMagics(Magics):
         super().__init__(shell)
         self.state = state
 
+    @no_var_expand        # `{expr}` and `$x` reach the parser as typed; it evaluates `{expr}` itself
+    @needs_local_scope
     @line_cell_magic
-    def everest(self, line: str, cell: str | None = None):
+    def everest(self, line: str, cell: str | None = None, local_ns: dict | None = None):
         """Exact top-k, bottom-k and kNN queries over a PyTorch model's activations.
 
         Examples::
@@ -53,19 +55,29 @@ class EverestMagics(Magics):
 
         A query cell returns at once with a progress bar; the result gallery replaces it when
         ready. ``-o NAME`` binds the result (a pending handle until then); ``--wait`` blocks.
-        ``{python_expr}`` is evaluated in the notebook's namespace. The language is documented
-        in docs/query-language.md; ``%everest help`` shows a summary.
+        ``{python_expr}`` is evaluated in the notebook's namespace (IPython does not expand it,
+        nor ``$x``, on the magic line). The language is documented in docs/query-language.md;
+        ``%everest help`` shows a summary.
         """
         text = "%everest " + line if cell is None else "%%everest " + line + "\n" + cell
         try:
             cmd = P.parse_cell(line, cell)
             handler = DISPATCH[type(cmd)]
-            ctx = Context(self.state, self.shell.user_ns, display)
+            ctx = Context(self.state, _namespace(self.shell.user_ns, local_ns), display)
             return handler(_with_text(cmd, text), ctx)
         except EverestError as e:
             if self.state.verbose:
                 raise
-            raise UsageError(str(e)) from e
+            where = e if isinstance(e, P.QuerySyntaxError) else at_command(e, text)
+            raise UsageError(str(where)) from e
+
+
+def _namespace(user_ns: dict, local_ns: dict | None) -> dict:
+    """Where `{expr}` is evaluated: the notebook namespace, plus the caller's locals when a line
+    magic runs inside a function (only cell magics bind names, always in the notebook)."""
+    if local_ns is None or local_ns is user_ns:
+        return user_ns
+    return {**user_ns, **local_ns}
 
 
 def _with_text(cmd, text: str):
@@ -95,10 +107,30 @@ def attach(ipython, channel: bool = True) -> KernelState:
     return state
 
 
+def pass_magic_lines(lines: list[str]) -> list[str]:
+    """Send each `%everest ARGS` line of a cell to the magic as typed, as IPython would, but
+    before its other input transforms: those read a line ending in `?` as a help request on its
+    last word, and tokenize the whole line as Python (slow on a long line). `%everest?` still
+    shows the magic's help; cell magics and continued lines (ending in a backslash) are IPython's."""
+    first = next((line for line in lines if line.strip()), "")
+    if first.lstrip().startswith("%%"):
+        return lines
+    out = []
+    for line in lines:
+        body = line.strip()
+        if body.startswith("%everest ") and not body.endswith("\\"):
+            indent = line[:len(line) - len(line.lstrip())]
+            line = f"{indent}get_ipython().run_line_magic('everest', {body[len('%everest '):]!r})\n"
+        out.append(line)
+    return out
+
+
 def load_ipython_extension(ipython) -> None:
     """Register %everest and %%everest (and the sidebar channel when a front end listens)."""
     state = kernel_state()
     ipython.register_magics(EverestMagics(ipython, state))
+    if pass_magic_lines not in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.append(pass_magic_lines)
     try:   # import the widgets now, not on the first query (keeps a query cell's return fast)
         from .. import widgets
         del widgets
@@ -109,6 +141,8 @@ def load_ipython_extension(ipython) -> None:
 
 def unload_ipython_extension(ipython) -> None:
     global _STATE
+    if pass_magic_lines in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.remove(pass_magic_lines)
     if _STATE is not None:
         if _STATE.namespace is not None:
             try:

@@ -6,14 +6,16 @@ layer, neuron or k are re-raised as positioned QuerySyntaxErrors pointing into t
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from ..engine import Job, Session
 from ..engine.errors import EverestError, JobCancelled, QueryError, UnknownNameError
+from ..engine.query import make_aggregation
 from . import parser as P
 from .state import KernelState, result_summary
 
@@ -34,12 +36,30 @@ def locate(text: str, keyword: str) -> tuple[int, int, str, int]:
     Falls back to line 1, column 1.
     """
     lines = text.split("\n")
-    first = re.sub(r"^%%?everest\s*", "", lines[0]) if lines else ""
+    first = magic_line(lines[0])
+    pattern = re.compile(rf"\s*{re.escape(keyword)}\b\s*", flags=re.IGNORECASE)
     for i, src in enumerate([first] + lines[1:], start=1):
-        m = re.match(rf"\s*({re.escape(keyword)})\b\s*(\S[^#]*?)?\s*(#.*)?$", src, flags=re.IGNORECASE)
-        if m and m.group(2):
-            return i, m.start(2) + 1, src, len(m.group(2))
+        m = pattern.match(src)
+        value = src[m.end():].split("#", 1)[0].rstrip() if m else ""   # linear: no backtracking
+        if value:
+            return i, m.end() + 1, src, len(value)
     return 1, 1, first, 1
+
+
+def magic_line(first: str) -> str:
+    """The magic line as typed, from the first line of the magic text (`%everest ` + line)."""
+    return re.sub(r"^%%?everest ?", "", first)
+
+
+def at_command(e: EverestError, text: str) -> P.QuerySyntaxError:
+    """An engine error about the command as a whole (a damaged index, a model that raised...),
+    placed under the command's first non-blank line."""
+    lines = text.split("\n")
+    first = magic_line(lines[0])
+    numbered = [(1, first)] + list(enumerate(lines[1:], start=2))
+    line, src = next(((i, s) for i, s in numbered if s.strip()), (1, first))
+    column = len(src) - len(src.lstrip()) + 1
+    return P.QuerySyntaxError(str(e), line, column, src, None, len(src.strip()))
 
 
 def positioned(e: EverestError, text: str, keyword: str) -> P.QuerySyntaxError:
@@ -57,7 +77,7 @@ def positioned(e: EverestError, text: str, keyword: str) -> P.QuerySyntaxError:
 
 SESSION_OPTIONS = {"labels", "collate", "forward", "device", "batch_size", "memory_budget", "cache_bytes",
                    "partitions", "ratio", "scheme", "tolerance", "lazy", "rebuild", "data_fingerprint",
-                   "min_list", "index_cache_bytes", "size_budget"}
+                   "min_list", "index_cache_bytes", "size_budget", "cluster", "model_factory", "load_shard"}
 
 
 def do_use(cmd: P.UseCommand, ctx: Context) -> Any:
@@ -71,7 +91,7 @@ def do_use(cmd: P.UseCommand, ctx: Context) -> Any:
     if missing:
         raise P.QuerySyntaxError(f"use needs {' and '.join(k + '=NAME' for k in missing)}", 1, 1,
                                  cmd.text.split("\n")[0], None)
-    values = {k: P.resolve(v, ctx.ns) for k, v in opts.items()}
+    values = {k: _use_value(k, v, ctx.ns) for k, v in opts.items()}
     render = values.pop("render", None)
     tokenizer = values.pop("tokenizer", None)
     model, data = values.pop("model"), values.pop("data")
@@ -87,6 +107,30 @@ def do_use(cmd: P.UseCommand, ctx: Context) -> Any:
     return s
 
 
+USE_KINDS = {"int": "a positive int", "float": "a number", "bool": "True or False", "str": "a string"}
+
+
+def _use_value(key: str, value: Any, ns: dict) -> Any:
+    """A `use` option's value; one given as an `{expr}` must be of the option's kind."""
+    out = P.resolve(value, ns)
+    kind = "name" if key == "cluster" else P.USE_OPTIONS[key]   # cluster={client}: a distributed.Client
+    if isinstance(value, P.Expr) and not _fits(kind, out):
+        raise P._at(value, f"{key}= needs {USE_KINDS[kind]}, got {_brief(out)}")
+    return out
+
+
+def _fits(kind: str, value: Any) -> bool:
+    if kind == "int":
+        return P._as_index(value) is not None and value >= 1
+    if kind == "float":
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, (bool, np.bool_))
+    if kind == "str":
+        return isinstance(value, (str, os.PathLike))
+    return True   # "name": any object (model, data, labels...)
+
+
 def do_layers(cmd: P.LayersCommand, ctx: Context) -> Any:
     import pandas as pd
     s = ctx.state.session(cmd.session)
@@ -99,15 +143,16 @@ def do_layers(cmd: P.LayersCommand, ctx: Context) -> Any:
 
 def do_index(cmd: P.IndexCommand, ctx: Context) -> Any:
     s = ctx.state.session(cmd.session)
-    views = [str(P.resolve(v, ctx.ns)) for v in cmd.views]
+    views = view_names(cmd.views, ctx.ns)
     for v in views:
         try:
             s.view(v)
-        except UnknownNameError as e:
+        except EverestError as e:
             line, col, src, _ = locate(cmd.text, "index")
-            col += src[col - 1:].find(v)
+            col += max(0, src[col - 1:].find(v))
+            suggestions = getattr(e, "suggestions", None)
             raise P.QuerySyntaxError(str(e).split("; did you mean")[0], line, col, src,
-                                     e.suggestions[0] if e.suggestions else None, len(v)) from e
+                                     suggestions[0] if suggestions else None, len(v)) from e
     done = [v for v in views if s.view(v).name in s.indexed()]
     if done and len(done) == len(views) and not cmd.rebuild:
         print(f"already indexed: {', '.join(done)} (nothing to do; --rebuild builds again)")
@@ -123,6 +168,16 @@ def do_index(cmd: P.IndexCommand, ctx: Context) -> Any:
     from .show import job_widget
     ctx.display(job_widget(job))
     return None
+
+
+def view_names(values: list, ns: dict) -> list[str]:
+    """View names of an `index` line, in order, each once; an `{expr}` may give a name or a
+    list (tuple, set) of names."""
+    names: list[str] = []
+    for v in values:
+        value = P.resolve(v, ns)
+        names += [str(x) for x in value] if isinstance(value, (list, tuple, set, frozenset)) else [str(value)]
+    return list(dict.fromkeys(names))
 
 
 def do_extend(cmd: P.ExtendCommand, ctx: Context) -> Any:
@@ -197,11 +252,12 @@ def resolve_query(cmd: P.QueryCommand, s: Session, ns: dict) -> dict:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         line, col, src, w = locate(cmd.text, cmd.kind)
         raise P.QuerySyntaxError(f"k must be a positive int, got {k!r}", line, col, src, None, w)
-    layer = str(P.resolve(cmd.layer, ns))
-    if isinstance(cmd.neurons, P.Channels) and ":" not in layer:
+    layer = P.resolve(cmd.layer, ns)   # the engine refuses what is not a name
+    if isinstance(cmd.neurons, P.Channels) and isinstance(layer, str) and ":" not in layer:
         layer = f"{layer}:mean"
     try:
         view = s.view(layer)
+        s.can_query(view.name)   # indexed, or the index can be written (a lazy build)
     except EverestError as e:
         raise positioned(e, cmd.text, "layer") from e
     spec = cmd.neurons
@@ -223,7 +279,6 @@ def resolve_query(cmd: P.QueryCommand, s: Session, ns: dict) -> dict:
 
 
 def _filter_mask(f: P.Filter, s: Session, ns: dict, text: str) -> np.ndarray:
-    value = P.resolve(f.value, ns)
     if f.field == "labels":
         if s.labels is None:
             line, col, src, w = locate(text, "where")
@@ -231,12 +286,51 @@ def _filter_mask(f: P.Filter, s: Session, ns: dict, text: str) -> np.ndarray:
         col = s.labels
     else:
         col = np.arange(s.n)
-    vals = np.atleast_1d(np.asarray(value if not isinstance(value, (set, frozenset)) else sorted(value)))
+    vals = np.asarray(_filter_values(f, ns))
     if f.op in ("==", "!="):
         mask = col == vals[0] if len(vals) == 1 and f.op in ("==", "!=") else np.isin(col, vals)
     else:
         mask = np.isin(col, vals)
     return ~mask if f.op in ("!=", "not in") else mask
+
+
+def _filter_values(f: P.Filter, ns: dict) -> list:
+    """The values of a `where` line as a flat list. An `{expr}` may give one value or a flat
+    collection of them (list, set, range, array, tensor); ids must be ints."""
+    out: list = []
+    for item in f.value if isinstance(f.value, list) else [f.value]:
+        value = P.resolve(item, ns)
+        values = _values_of(value) if isinstance(item, P.Expr) else [value]
+        for v in values:
+            if not (P._as_index(v) is not None if f.field == "ids" else _single(v)):
+                what = "input ids (ints)" if f.field == "ids" else "labels"
+                raise P._at(item, f"{{{item.text}}} gave {_brief(value)}; where {f.field} needs {what}: one value "
+                                  "or a flat collection of them")
+        out.extend(values)
+    return out
+
+
+def _single(value: Any) -> bool:
+    """One value (a number, a string, a 0-d array), not a collection."""
+    return isinstance(value, (str, bytes)) or getattr(value, "ndim", None) == 0 or not isinstance(value, Iterable)
+
+
+def _values_of(value: Any) -> list:
+    if _single(value) or isinstance(value, Mapping):
+        return [value]
+    if hasattr(value, "tolist"):   # an array or tensor (nested lists when not 1-d)
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        try:
+            return sorted(value)
+        except TypeError:
+            return list(value)
+    return list(value)
+
+
+def _brief(value: Any, n: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[:n - 3] + "..."
 
 
 def run_resolved(s: Session, kind: str, q: dict, metric: str, include_target: bool, text: str):
@@ -253,7 +347,7 @@ def run_resolved(s: Session, kind: str, q: dict, metric: str, include_target: bo
             r = s.topk(q["view"], neurons, k=q["k"], by=q["by"], lowest=kind == "bottomk", filter=q["filter"])
     except QueryError as e:
         word = str(e)
-        key = ("neurons" if "neuron" in word else "target" if "target" in word or "input id" in word
+        key = ("target" if "target" in word else "neurons" if "neuron" in word else "target" if "input id" in word
                else "by" if "weight" in word or "aggregation" in word else "metric" if "metric" in word else kind)
         raise positioned(e, text, key) from e
     r.text = text
@@ -268,13 +362,17 @@ def do_query(cmd: P.QueryCommand, ctx: Context) -> Any:
     if cmd.kind == "knn" and q["target"] is None:
         line, col, src, w = locate(cmd.text, "knn")
         raise P.QuerySyntaxError("knn needs a target line: target ID", line, col, src, None, w)
-    # neurons out of range are reported now, at their position, when the view is indexed
-    info = s.store.views.get(q["view"])
-    if info is not None and not isinstance(q["neurons"], tuple):
+    # neurons out of range and weights that do not fit are reported now, at their position (not by the job)
+    if not isinstance(q["neurons"], tuple):
         try:
-            s.neuron_ids(q["view"], q["neurons"], info.shape)
+            group = s.neuron_ids(q["view"], q["neurons"])
         except QueryError as e:
             raise positioned(e, cmd.text, "neurons" if isinstance(cmd.neurons, P.NeuronList) else "channels") from e
+        if cmd.kind != "knn":
+            try:
+                make_aggregation(q["by"], len(group))
+            except QueryError as e:
+                raise positioned(e, cmd.text, "by") from e
 
     def work(job):
         built = ensure_view(s, q["view"], job)
@@ -342,14 +440,21 @@ def _track(job, cmd: Any, ctx: Context, session: str, kind: str, summary: Callab
 
 # -- inspect ------------------------------------------------------------------------------------
 
-INSPECT_ERROR_AT = (("hypothes", "hypotheses"), ("measure", "measures"), ("tokenizer", "tokenizer"),
+INSPECT_ERROR_AT = (("models inspected together", "models"), ("hypothes", "hypotheses"), ("measure", "measures"), ("tokenizer", "tokenizer"),
                     ("unit", "units"), ("layer", "layer"), ("view", "layer"), ("filter", "where"))
 
 
 def do_inspect(cmd: P.InspectCommand, ctx: Context) -> Any:
     """Units of views x hypotheses x measures, as a background job (see everest_magic.inspect)."""
     from ..inspect import inspect_job
-    s = ctx.state.session(cmd.session)
+    if cmd.models:   # several sessions over the same data, in one pass
+        try:
+            models: Any = {name: ctx.state.session(name) for name in cmd.models}
+        except EverestError as e:
+            raise positioned(e, cmd.text, "models") from e
+        s = next(iter(models.values()))
+    else:
+        s = models = ctx.state.session(cmd.session)
     views = [str(P.resolve(v, ctx.ns)) for v in cmd.views]
     hyps: dict[str, Any] = {}
     for h in cmd.hypotheses:
@@ -363,7 +468,7 @@ def do_inspect(cmd: P.InspectCommand, ctx: Context) -> Any:
     if cmd.filter is not None:
         options["filter"] = _filter_mask(cmd.filter, s, ctx.ns, cmd.text)
     try:
-        job = inspect_job(s, views, hyps, cmd.measures or "auto", **options)
+        job = inspect_job(models, views, hyps, cmd.measures or "auto", **options)
     except EverestError as e:
         word = str(e).lower()
         key = next((k for needle, k in INSPECT_ERROR_AT if needle in word), "inspect")
@@ -375,7 +480,7 @@ def do_inspect(cmd: P.InspectCommand, ctx: Context) -> Any:
         frame = job.result()
         if cmd.output:
             ctx.ns[cmd.output] = frame
-    inspect_widget(job, s, ctx.display)
+    inspect_widget(job, models, ctx.display)
     return None
 
 
@@ -436,6 +541,8 @@ def do_status(cmd: P.StatusCommand, ctx: Context) -> Any:
     for name, s in st.sessions.items():
         mark = "*" if name == st.current else " "
         lines.append(f"{mark} {name}: {type(s.runner.model).__name__} on {s.runner.device}, {s.n} inputs, index {s.index_path}")
+        if s.cluster is not None:
+            lines.append(f"    cluster: Dask at {s.cluster.describe()}")
         for v, info in s.indexed().items():
             lines.append(f"    {v}: {info.m} neurons, {info.bytes_on_disk / 1e6:.1f} MB ({100 * info.size_ratio:.1f}% of float32)")
         lines.append(f"    cache: {len(s.cache)} rows, {s.cache.bytes / 1e6:.1f} MB of {s.cache.max_bytes / 1e6:.0f} MB")

@@ -76,7 +76,18 @@ class QuerySyntaxError(EverestError, ValueError):
         if not body:
             return text
         pad = max(0, self.column - 1 - (len(shown) - len(body)))
-        return f"{text}\n    {body}\n    {' ' * pad}{'^' * self.width}"
+        width = self.width
+        if len(body) > _SHOWN:   # a long line: show the part around the culprit
+            start = max(0, pad - _SHOWN // 4)
+            head = "..." if start else ""
+            tail = "..." if start + _SHOWN < len(body) else ""
+            body = head + body[start:start + _SHOWN] + tail
+            pad += len(head) - start
+            width = max(1, min(width, _SHOWN - (pad - len(head))))
+        return f"{text}\n    {body}\n    {' ' * pad}{'^' * width}"
+
+
+_SHOWN = 120   # characters of a source line an error shows
 
 
 # -- values ---------------------------------------------------------------------------------
@@ -218,7 +229,8 @@ class InspectCommand(Command):
     ``views`` and ``hypotheses`` are lists of str | Expr (a hypothesis word is a built-in name
     such as ``ink`` or ``keyword:return|yield``); ``measures`` a list of names or None
     (auto); ``units`` a NeuronList or None (all); ``options`` maps an option of
-    ``INSPECT_OPTIONS`` to its value; ``tokenizer`` an Expr or None."""
+    ``INSPECT_OPTIONS`` to its value; ``tokenizer`` an Expr or None; ``models`` the session
+    names of a ``models a, b, c`` line (several models over the same data) or None."""
     views: list
     hypotheses: list
     measures: list | None = None
@@ -229,6 +241,7 @@ class InspectCommand(Command):
     output: str | None = None
     wait: bool = False
     session: str | None = None
+    models: list | None = None
     text: str = field(default="", compare=False, repr=False)
 
 
@@ -285,9 +298,10 @@ _ALL_KEYWORDS = ("layer", "neurons", "channels", "by", "metric", "target", "incl
 INSPECT_OPTIONS = {"epsilon": "float", "confidence": "float", "q": "float", "holdout": "float", "top": "int",
                    "patience": "int?", "min_inputs": "int", "max_inputs": "int?", "bins": "int", "seed": "int0",
                    "early_stop": "bool", "chunk": "int?"}
-_INSPECT_KEYWORDS = ("layer", "hypotheses", "measures", "units", "tokenizer", "where", "session") + tuple(INSPECT_OPTIONS)
+_INSPECT_KEYWORDS = ("layer", "hypotheses", "measures", "units", "tokenizer", "where", "session", "models") + \
+    tuple(INSPECT_OPTIONS)
 _INSPECT_ALIASES = {"layers": "layer", "views": "layer", "view": "layer", "hypothesis": "hypotheses",
-                    "measure": "measures", "unit": "units"}
+                    "measure": "measures", "unit": "units", "model": "models"}
 _OTHER_VERB_HINT = {"by": "metric", "metric": "by"}
 USE_OPTIONS = {
     "model": "name", "data": "name", "labels": "name", "collate": "name", "forward": "name",
@@ -295,12 +309,14 @@ USE_OPTIONS = {
     "data_fingerprint": "str", "batch_size": "int", "partitions": "int", "memory_budget": "int",
     "cache_bytes": "int", "tolerance": "float", "ratio": "float", "lazy": "bool", "rebuild": "bool",
     "min_list": "int", "index_cache_bytes": "int", "size_budget": "float",
+    "cluster": "str", "model_factory": "name", "load_shard": "name",
 }
 _OPTIONS = {"-o": "output", "--output": "output", "--wait": "wait", "--rebuild": "rebuild"}
 _BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 _NUM_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _MAX_DIGITS = 30
+MAX_MAGIC_LINE = 10_000   # characters; a longer magic line is refused before it is parsed
 
 
 def _suggest(word: str, options: Iterable[str]) -> str | None:
@@ -333,6 +349,8 @@ class _Token:
 
 
 def _error(tok: _Token, message: str, suggestion: str | None = None) -> QuerySyntaxError:
+    if suggestion is None and tok.text.startswith("$") and tok.text[1:].isidentifier():
+        suggestion = f"{{{tok.text[1:]}}}"   # IPython's $x is not expanded on %everest lines
     return QuerySyntaxError(message, tok.line, tok.column, tok.source, suggestion, len(tok.text))
 
 
@@ -527,6 +545,9 @@ def _source_lines(line: str, cell: str | None) -> list[tuple[int, str]]:
     if "\n" in line:
         first = line.split("\n", 1)[0]
         raise QuerySyntaxError("the magic line must be a single line", 1, len(first) + 1, first)
+    if len(line) > MAX_MAGIC_LINE:
+        raise QuerySyntaxError(f"the magic line has {len(line):,} characters, more than {MAX_MAGIC_LINE:,}: put long "
+                               "values in a variable and write {name}", 1, MAX_MAGIC_LINE + 1, line)
     body = [] if cell is None else cell.split("\n")
     return [(1, line)] + [(no, src) for no, src in enumerate(body, start=2)]
 
@@ -882,6 +903,8 @@ def _parse_inspect(verb_tok: _Token, head: _Stream, body: list[list[_Token]], te
                                    + ("'layer conv2:mean, fc1'" if key == "layer" else "'hypotheses class, ink'"))
     if "session" in found and "session" in opts:
         raise _error(found["session"][0], "the session is already given on the magic line")
+    if "models" in found and ("session" in found or "session" in opts):
+        raise _error(found["models"][0], "a 'models' line names the sessions to inspect; drop the session")
 
     def get(key: str, default: Any = None) -> Any:
         return found[key][1] if key in found else default
@@ -890,7 +913,7 @@ def _parse_inspect(verb_tok: _Token, head: _Stream, body: list[list[_Token]], te
     return InspectCommand(views=get("layer"), hypotheses=get("hypotheses"), measures=get("measures"),
                           units=get("units"), options=options, tokenizer=get("tokenizer"), filter=get("where"),
                           output=opts.get("output"), wait=opts.get("wait", False),
-                          session=opts.get("session", get("session")), text=text)
+                          session=opts.get("session", get("session")), models=get("models"), text=text)
 
 
 def _inspect_value(s: _Stream, kw_tok: _Token, kw: str) -> Any:
@@ -916,6 +939,8 @@ def _inspect_value(s: _Stream, kw_tok: _Token, kw: str) -> Any:
         return _p_where(s, kw_tok)
     if kw == "session":
         return _session_name(s)
+    if kw == "models":
+        return _model_names(s, kw_tok)
     tok = s.expect(f"a value after {kw_tok.text!r}")
     kind = INSPECT_OPTIONS[kw]
     if tok.kind == "expr":
@@ -929,6 +954,22 @@ def _inspect_value(s: _Stream, kw_tok: _Token, kw: str) -> Any:
             return _BOOLS[tok.word()]
         raise _error(tok, f"{kw} needs true or false, got {tok.text!r}")
     return _int(tok, kw, 0 if kind == "int0" else 1)
+
+
+def _model_names(s: _Stream, kw_tok: _Token) -> list[str]:
+    """Session names of a ``models a, b, c`` line: distinct words or strings."""
+    names: list[str] = []
+    for tok in _rest(s):
+        if tok.kind == ",":
+            continue
+        if tok.kind not in ("word", "string"):
+            raise _error(tok, f"models are session names (as in 'models epoch1, epoch4'), got {tok.text!r}")
+        if tok.value in names:
+            raise _error(tok, f"model {tok.value!r} is named twice")
+        names.append(tok.value)
+    if not names:
+        raise s.end_error(f"expected session names after {kw_tok.text!r}")
+    return names
 
 
 def _rest(s: _Stream) -> list[_Token]:
@@ -1257,11 +1298,12 @@ HELP = {
     "inspect": "%%everest inspect [-o VAR] [--wait]\n  layer VIEW, VIEW ...\n"
                "  hypotheses class, ink, keyword:return|yield, {labels_array}, ...\n"
                "  [measures pearson, auroc, mi, iou, probe]   (default: by hypothesis kind)\n"
-               "  [units 0:10]  [where labels == 3]  [tokenizer {tok}]\n"
+               "  [units 0:10]  [where labels == 3]  [tokenizer {tok}]  [models NAME, NAME ...]\n"
                "  [epsilon 0.05] [confidence 0.95] [top 5] [patience 3|none] [min_inputs 500]\n"
                "  [max_inputs 10000|none] [early_stop true] [bins 10] [q 0.005] [holdout 0.2] [seed 0]\n"
                "which units track each hypothesis, and how strongly: a ranked table per hypothesis\n"
-               "(click a unit for its top-k gallery); -o binds the long DataFrame.",
+               "(click a unit for its top-k gallery); -o binds the long DataFrame. A models line\n"
+               "inspects several sessions over the same data in one pass (rows gain a model column).",
     "hypotheses": "hypotheses NAME | {expr}, ...: built-in names (ink, brightness, thickness, class,\n"
                   "  ink_mask, quotes, brackets, punctuation, capitalised, code, position,\n"
                   "  keyword:a|b, regex:..., contains:...) or {labels, functions, masks, Hypothesis}.",

@@ -50,9 +50,10 @@ def query_widget(job: Job, session: Session, render: Callable | None, state: Ker
     on_end(job, finish)
 
 
-def inspect_widget(job: Job, session: Session, display_fn: Callable = display) -> None:
+def inspect_widget(job: Job, session: Session | dict[str, Session], display_fn: Callable = display) -> None:
     """Show an inspection: progress now (in a box made here, on the main thread); when the job
-    ends, the box holds the ranked tables (`InspectTable`: click a unit for its top-k gallery)."""
+    ends, the box holds the ranked tables (`InspectTable`: click a unit for its top-k gallery;
+    `session` is a dict model name -> Session for an inspection of several models)."""
     import ipywidgets as W
     from ..widgets import JobProgress
     from ..widgets.inspect_table import InspectTable

@@ -8,11 +8,15 @@ One tab per hypothesis; in a tab, a dropdown picks the (view, measure, label) sc
 the table shows its strongest units. Clicking a unit runs `session.topk(view, [unit], k)` and
 shows the result's gallery below (`everest_magic.widgets.gallery.Gallery`, imported when
 needed; when it cannot be imported, the result's DataFrame). Probe rows (the whole unit
-group) show the group's probe rows instead. Create the widget on the main thread.
+group) show the group's probe rows instead. For an inspection of several models (a `model`
+column), `session` is a dict model name -> Session, the score lists are per (model, view,
+measure, label), and a click opens the unit's gallery in its own model's session. Create the
+widget on the main thread.
 """
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import ipywidgets as widgets
@@ -31,6 +35,7 @@ class InspectTable(widgets.VBox):
     def __init__(self, frame: pd.DataFrame, session: Any = None, *, rows: int = 10, k: int = 12):
         self.frame = frame.reset_index(drop=True)
         self.session = session
+        self.multi = "model" in self.frame
         self.rows, self.k = int(rows), int(k)
         self.selected: Any = None
         self.output = widgets.Output()
@@ -49,12 +54,14 @@ class InspectTable(widgets.VBox):
         """Do what clicking a row's unit does: show (and return) its top-k gallery, or for a
         probe row the group's probe rows. `row` is an index of `self.frame` or one of its rows."""
         r = self.frame.loc[int(row)] if not isinstance(row, pd.Series) else row
-        if int(r.unit) == GROUP or self.session is None:
+        session = self.session.get(r.model) if isinstance(self.session, Mapping) else self.session
+        if int(r.unit) == GROUP or session is None:
             f = self.frame
-            shown = f[(f.layer == r.layer) & (f.hypothesis == r.hypothesis) & (f.unit == int(r.unit))]
+            same = (f.layer == r.layer) & (f.hypothesis == r.hypothesis) & (f.unit == int(r.unit))
+            shown = f[same & (f.model == r.model)] if self.multi else f[same]
         else:
-            result = self.session.topk(r.layer, [int(r.unit)], k=self.k)
-            shown = _gallery(result, self.session)
+            result = session.topk(r.layer, [int(r.unit)], k=self.k)
+            shown = _gallery(result, session)
         self.selected = shown
         self.output.clear_output()
         self.output.append_display_data(shown)
@@ -70,10 +77,11 @@ class InspectTable(widgets.VBox):
             self._callbacks.append(callback)
 
     def rows_for(self, hypothesis: str, key: tuple | None = None) -> pd.DataFrame:
-        """The rows a tab shows for a (layer, measure, label) key (default: the first one)."""
-        keys = self._keys(hypothesis)
-        layer, measure, label = key or keys[0]
-        f = ranked(self.frame, hypothesis=hypothesis, measure=measure, layer=layer)
+        """The rows a tab shows for a (layer, measure, label) key, (model, layer, measure, label)
+        for several models (default: the first one)."""
+        key = key or self._keys(hypothesis)[0]
+        model, (layer, measure, label) = (key[0], key[1:]) if self.multi else (None, key)
+        f = ranked(self.frame, hypothesis=hypothesis, measure=measure, layer=layer, model=model)
         f = f[f.label.isna()] if label is None else f[f.label == label]
         return f.head(self.rows)
 
@@ -81,16 +89,16 @@ class InspectTable(widgets.VBox):
     def _keys(self, hypothesis: str) -> list[tuple]:
         f = self.frame[self.frame.hypothesis == hypothesis]
         keys = []
-        for layer, measure, label in zip(f.layer, f.measure, f.label):
-            key = (layer, measure, None if pd.isna(label) else label)
+        for *where, label in zip(*[f[c] for c in (["model"] if self.multi else []) + ["layer", "measure", "label"]]):
+            key = (*where, None if pd.isna(label) else label)
             if key not in keys:
                 keys.append(key)
         return keys
 
     def _panel(self, hypothesis: str) -> widgets.VBox:
         keys = self._keys(hypothesis)
-        options = [(f"{layer} · {measure}" + ("" if label is None else f" · {label}"), key)
-                   for key in keys for layer, measure, label in [key]]
+        options = [(" · ".join(map(str, key[:-1])) + ("" if key[-1] is None else f" · {key[-1]}"), key)
+                   for key in keys]
         picker = widgets.Dropdown(options=options, value=keys[0], description="scores",
                                   layout=widgets.Layout(width="auto"))
         box = widgets.VBox([self._table(hypothesis, keys[0])])
@@ -100,16 +108,18 @@ class InspectTable(widgets.VBox):
 
     def _table(self, hypothesis: str, key: tuple) -> widgets.GridBox:
         rows = self.rows_for(hypothesis, key)
-        head = ["rank", "layer", "unit", "label", "measure", "score", "95% CI", "n", "converged"]
+        head = ["rank"] + (["model"] if self.multi else []) + ["layer", "unit", "label", "measure", "score",
+                                                                "95% CI", "n", "converged"]
         cells: list[widgets.Widget] = [widgets.HTML(f"<b style='{_CELL}'>{h}</b>") for h in head]
         for rank, (idx, r) in enumerate(rows.iterrows(), start=1):
             unit = "group" if int(r.unit) == GROUP else str(int(r.unit))
-            button = widgets.Button(description=unit, tooltip=f"top-{self.k} inputs of {r.layer} unit {unit}",
+            where = f"{r.model} " if self.multi else ""
+            button = widgets.Button(description=unit, tooltip=f"top-{self.k} inputs of {where}{r.layer} unit {unit}",
                                     layout=widgets.Layout(width="auto", height="24px"))
             button.on_click(lambda _b, i=int(idx): self.select(i))
-            values = [str(rank), r.layer, None, "" if pd.isna(r.label) else str(r.label), r.measure,
-                      f"{r.score:.4f}", f"[{r.ci_low:.3f}, {r.ci_high:.3f}]", str(int(r.n_inputs)),
-                      "yes" if r.converged else "no"]
+            values = [str(rank)] + ([str(r.model)] if self.multi else []) + [
+                r.layer, None, "" if pd.isna(r.label) else str(r.label), r.measure, f"{r.score:.4f}",
+                f"[{r.ci_low:.3f}, {r.ci_high:.3f}]", str(int(r.n_inputs)), "yes" if r.converged else "no"]
             cells += [button if v is None else widgets.HTML(f"<span style='{_CELL}'>{html.escape(v)}</span>")
                       for v in values]
         return widgets.GridBox(cells, layout=widgets.Layout(grid_template_columns=f"repeat({len(head)}, auto)"))
@@ -118,7 +128,9 @@ class InspectTable(widgets.VBox):
         st = self.frame.attrs.get("inspect")
         if st is None:
             return f"<b>inspection</b>: {len(self.frame)} rows"
-        return (f"<b>inspection</b>: {len(self.frame)} rows over {st.inputs_seen} of {st.inputs_available} inputs "
+        models = f" of models {html.escape(', '.join(map(str, st.models)))}" if st.models else ""
+        return (f"<b>inspection</b>: {len(self.frame)} rows{models} over {st.inputs_seen} of {st.inputs_available} "
+                f"inputs "
                 f"(stopped: {html.escape(st.stop_reason)}; {st.inputs_from_cache} from cache; {st.seconds:.1f} s). "
                 f"Click a unit for its top-{self.k} inputs.")
 
