@@ -10,7 +10,7 @@ import pytest
 
 from fuzz_cells import fuzz, open_shell
 
-FUZZ_CELLS = int(os.environ.get("EVEREST_FUZZ_CELLS", "4000"))
+FUZZ_CELLS = int(os.environ.get("EVEREST_FUZZ_CELLS", "10000"))
 
 
 @pytest.fixture(scope="module")
