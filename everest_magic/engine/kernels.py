@@ -151,6 +151,19 @@ def _root(hv, hi, hn, j, t, top):
 
 
 @njit(inline="always")
+def _offer_both(top_v, top_i, top_n, bot_v, bot_i, bot_n, j, t, v, i, tv, ti, bv, bi):
+    """Offer (v, i) to neuron j's top and bottom heaps when it beats their roots (tv, ti) and
+    (bv, bi); returns the roots after."""
+    if v > tv or (v == tv and i < ti):
+        _offer(top_v, top_i, top_n, j, v, i, True)
+        tv, ti = _root(top_v, top_i, top_n, j, t, True)
+    if v < bv or (v == bv and i < bi):
+        _offer(bot_v, bot_i, bot_n, j, v, i, False)
+        bv, bi = _root(bot_v, bot_i, bot_n, j, t, False)
+    return tv, ti, bv, bi
+
+
+@njit(inline="always")
 def _fold_slow(x, B, ids, col0, cuts, j, pids, counts, lo, hi, top_v, top_i, top_n, bot_v, bot_i, bot_n, bad, t):
     """The fold of one neuron value by value (a batch with NaN or infinite values)."""
     wide = cuts.shape[1] > 255
@@ -173,12 +186,7 @@ def _fold_slow(x, B, ids, col0, cuts, j, pids, counts, lo, hi, top_v, top_i, top
             lo[j, p] = v
         if v > hi[j, p]:
             hi[j, p] = v
-        if v > tv or (v == tv and i < ti):
-            _offer(top_v, top_i, top_n, j, v, i, True)
-            tv, ti = _root(top_v, top_i, top_n, j, t, True)
-        if v < bv or (v == bv and i < bi):
-            _offer(bot_v, bot_i, bot_n, j, v, i, False)
-            bv, bi = _root(bot_v, bot_i, bot_n, j, t, False)
+        tv, ti, bv, bi = _offer_both(top_v, top_i, top_n, bot_v, bot_i, bot_n, j, t, v, i, tv, ti, bv, bi)
 
 
 @njit(nogil=True, parallel=True, cache=True)
@@ -255,12 +263,7 @@ def accumulate(A, ids, col0, cuts, pids, counts, lo, hi, top_v, top_i, top_n, bo
                 r = cand[k]
                 v = x[r]
                 i = ids[r]
-                if v > tv or (v == tv and i < ti):
-                    _offer(top_v, top_i, top_n, j, v, i, True)
-                    tv, ti = _root(top_v, top_i, top_n, j, t, True)
-                if v < bv or (v == bv and i < bi):
-                    _offer(bot_v, bot_i, bot_n, j, v, i, False)
-                    bv, bi = _root(bot_v, bot_i, bot_n, j, t, False)
+                tv, ti, bv, bi = _offer_both(top_v, top_i, top_n, bot_v, bot_i, bot_n, j, t, v, i, tv, ti, bv, bi)
 
 
 @njit(nogil=True, parallel=True, cache=True)
