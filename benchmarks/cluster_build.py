@@ -56,7 +56,7 @@ def bare_pass(s: em.Session) -> float:
 
 def arrays(s: em.Session, view: str) -> dict[str, np.ndarray]:
     info = s.store.view(view)
-    out = {"pids": np.stack([s.store.pids(view, j) for j in range(0, info.m, max(1, info.m // 64))])}
+    out = {"pids": np.stack([s.store.pids(view, j) for j in range(0, info.neurons, max(1, info.neurons // 64))])}
     with tables.open_file(str(s.index_path / info.segments[0].file)) as h:
         for name in ("cuts", "counts", "bounds", "top_ids", "top_vals", "bot_ids", "bot_vals"):
             out[name] = h.get_node("/" + name)[:]

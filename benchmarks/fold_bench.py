@@ -210,7 +210,7 @@ def end_to_end(n: int, rounds: int) -> None:
                     arrays = {}
                     for v in VIEWS:
                         info = s.store.view(v)
-                        arrays[v + "/pids"] = np.stack([s.store.pids(v, j) for j in range(info.m)])
+                        arrays[v + "/pids"] = np.stack([s.store.pids(v, j) for j in range(info.neurons)])
                         with tables.open_file(str(s.index_path / info.segments[0].file)) as h:
                             for a in ("cuts", "counts", "bounds", "top_ids", "top_vals", "bot_ids", "bot_vals"):
                                 arrays[f"{v}/{a}"] = h.get_node("/" + a)[:]

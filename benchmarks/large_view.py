@@ -110,7 +110,7 @@ def main() -> None:
     result = {"n": a.n, "neurons": m, "float32_bytes": 4 * a.n * m, "memory_budget": int(a.memory_budget_gib * 2**30),
               "build_wall_seconds": wall, "rss_before_bytes": base, "rss_peak_bytes": peak[0],
               "rss_peak_increase_bytes": peak[0] - base, "index_bytes": info.bytes_on_disk,
-              "size_ratio": info.size_ratio, "P": info.P, "cut_sample": stats["cut_sample"],
+              "size_ratio": info.size_ratio, "P": info.partitions, "cut_sample": stats["cut_sample"],
               "block_inputs": stats["block_inputs"], "planned_bytes": stats["planned_bytes"],
               "seconds": {k: stats[k] for k in ("seconds_sample", "seconds_pass", "seconds_inference",
                                                 "seconds_fold", "seconds_write_wait")},

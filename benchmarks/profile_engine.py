@@ -192,13 +192,13 @@ def main() -> None:
     for label, sec in out["build_steps_s"].items():
         print(f"   {label:75s} {sec:7.2f} s")
     info = s.indexed()
-    out["index"] = {v: {"P": i.P, "t": i.t, "size_ratio": i.size_ratio, "build": i.build} for v, i in info.items()}
+    out["index"] = {v: {"P": i.partitions, "t": i.list_length, "size_ratio": i.size_ratio, "build": i.build} for v, i in info.items()}
     ra = ReprocessAll(s)
     views = sorted({v for v, _ in CASES})
     A = {v: ra.all_activations(v) for v in views}
     out["partition_ms_per_neuron"] = {}
     for v in ("conv1", "fc1"):
-        out["partition_ms_per_neuron"][v] = T = partition_parts(A[v], info[v].P, info[v].t, min(256, A[v].shape[1]))
+        out["partition_ms_per_neuron"][v] = T = partition_parts(A[v], info[v].partitions, info[v].list_length, min(256, A[v].shape[1]))
         print(f"partition work on {v}, one thread (ms a neuron): " + ", ".join(f"{k} {x:.2f}" for k, x in T.items()))
 
     # 2. queries, 3. recompute cost by batch size
@@ -219,7 +219,7 @@ def main() -> None:
         t0 = time.perf_counter()
         s.build_index([v], wait=True)
         out["minilm"] = {"n": w.n, "build_s": time.perf_counter() - t0,
-                         "size_ratio": s.indexed()[v].size_ratio, "P": s.indexed()[v].P, "t": s.indexed()[v].t}
+                         "size_ratio": s.indexed()[v].size_ratio, "P": s.indexed()[v].partitions, "t": s.indexed()[v].list_length}
         A = {v: ReprocessAll(s).all_activations(v)}
         out["minilm"]["profiles"] = {}
         cases = [(v, f) for f in ("topk-g1-top", "topk-g3-top", "knn-g10-top")]

@@ -69,7 +69,7 @@ def main() -> None:
                     key_of = Q.topk_key(Q.make_aggregation("sum", g), False)
                     assert r.ids.tolist() == rank(A[:, grp], key_of, 20, np.ones(s.n, bool))[1].tolist()
                     rec[f"topk{g}"].append(r.stats.inputs_recomputed)
-            row = {"P": P, "ratio": ratio, "scheme": scheme, "view": v, "n": s.n, "neurons": info.m,
+            row = {"P": P, "ratio": ratio, "scheme": scheme, "view": v, "n": s.n, "neurons": info.neurons,
                    "size_ratio": info.size_ratio, "bytes": info.bytes_on_disk, "build_s": build_s,
                    **{f"median_{key}_pct": 100 * float(np.median(val)) / s.n for key, val in rec.items()}}
             rows.append(row)

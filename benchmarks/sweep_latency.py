@@ -85,7 +85,7 @@ def run(cfg, weights: Path, out: Path, bar=None) -> dict:
             d["seconds"].append(o.seconds)
             d["recomputed"].append(o.recomputed)
             lat_all.append(o.seconds)
-        row = {"P": P, "ratio": ratio, "scheme": scheme, "view": VIEW, "n": s.n, "neurons": info.m, "t": info.t,
+        row = {"P": P, "ratio": ratio, "scheme": scheme, "view": VIEW, "n": s.n, "neurons": info.neurons, "t": info.list_length,
                "bytes": info.bytes_on_disk, "size_ratio": info.size_ratio, "build_seconds": build_s,
                "build_partition_seconds": build["seconds_partition"], "build_inference_seconds": build["seconds_inference"],
                "median_ms": 1000 * float(np.median(lat_all)), "p90_ms": 1000 * float(np.percentile(lat_all, 90)),
@@ -122,13 +122,13 @@ def run(cfg, weights: Path, out: Path, bar=None) -> dict:
 if __name__ == "__main__":
     import argparse
 
-    import run as R
+    from bench_config import Config
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=50000)
     ap.add_argument("--queries", type=int, default=5)
     ap.add_argument("--out", default=str(HERE / "out"))
     a = ap.parse_args()
-    cfg = R.Config.full()
+    cfg = Config.full()
     cfg.sweep_n, cfg.sweep_queries = a.n, a.queries
     res = run(cfg, HERE / "out" / "mnist_cnn.pt", Path(a.out))
     Path(a.out, "sweep_latency.json").write_text(json.dumps(res, indent=1))

@@ -112,7 +112,7 @@ class CapturingReprocessAll(ReprocessAll):
         bs = s.runner.batch_size * 16
         for a in range(0, s.n, bs):
             ids = np.arange(a, min(a + bs, s.n))
-            rows = s._locked(s.runner.views, [v], ids)[0]
+            rows = s.source.recompute([v], ids)[0]
             if full is None:
                 full = np.empty((s.n, rows.shape[1]), np.float32)
             full[ids] = rows

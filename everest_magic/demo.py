@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  indexing {todo}: {100 * job.progress:.0f}%", flush=True)
         job.result()
     for name, info in s.indexed().items():
-        print(f"index {name}: {info.m} neurons, {info.bytes_on_disk / 1e6:.1f} MB = "
+        print(f"index {name}: {info.neurons} neurons, {info.bytes_on_disk / 1e6:.1f} MB = "
               f"{100 * info.size_ratio:.1f}% of the float32 activations, built in {info.build['seconds_total']:.0f} s")
 
     brute = ReprocessAll(s)

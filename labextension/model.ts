@@ -5,7 +5,7 @@
  * target "everest_magic"):
  *
  *   kernel -> sidebar  {type: "snapshot", state: {sessions, jobs, history}}
- *                      {type: "job", job: {id, description, status, phase, done, total, ...}}
+ *                      {type: "job", job: IJob}
  *                      {type: "error", message}
  *   sidebar -> kernel  {action: "refresh"}            answered with a snapshot
  *                      {action: "cancel", job: ID}    then a snapshot follows
@@ -23,15 +23,31 @@ import { ISignal, Signal } from '@lumino/signaling';
 /** The comm target name shared with the kernel. */
 export const COMM_TARGET = 'everest_magic';
 
-/** One indexed view of a session (a layer or a reduced layer). */
+/**
+ * One indexed view of a session (a layer or a reduced layer): `ViewInfo.to_json()` in
+ * `everest_magic/engine/store.py`, field for field.
+ */
 export interface IView {
   name: string;
   neurons: number;
+  /** Inputs indexed. */
+  inputs: number;
+  /** Partitions of each neuron's values. */
+  partitions: number;
+  scheme: string;
+  /** Entries of each neuron's top list (and of its bottom list). */
+  list_length: number;
+  /** The build's list ratio: lists of ceil(list_fraction * inputs) entries, at least min_list. */
+  list_fraction: number;
+  /** Bytes on disk. */
   bytes: number;
+  /** Bytes of the view fully materialised as float32. */
   full_bytes: number;
-  ratio: number;
-  P: number;
-  list_ratio: number;
+  /** bytes / full_bytes. */
+  size_ratio: number;
+  /** Segment files. */
+  files: number;
+  build_seconds: number;
 }
 
 /**
@@ -51,19 +67,26 @@ export interface ISession {
   views: IView[];
 }
 
-/** One background job (index build or query). */
+/**
+ * One background job (index build or query): `Job.to_json()` in
+ * `everest_magic/engine/jobs.py`, field for field.
+ */
 export interface IJob {
   id: number;
   description: string;
+  /** pending, running, done, failed or cancelled. */
   status: string;
   /** What the job does now when it has stages, e.g. a query building its view first. */
-  phase?: string;
-  done: number;
+  phase: string;
+  /** Units of work done so far, of `total` (0 when unknown). */
+  done_units: number;
   total: number;
+  /** 0..1. */
   progress: number;
   seconds: number;
-  queue?: string | null;
-  error?: string;
+  queue: string | null;
+  /** Empty unless the job failed or was cancelled. */
+  error: string;
 }
 
 /** One entry of the query history. */

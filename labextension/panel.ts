@@ -327,12 +327,12 @@ function renderView(v: IView): HTMLElement {
     el('span', 'everest-view-name', v.name),
     el('span', 'everest-view-neurons', `${v.neurons.toLocaleString()} neurons`),
     el('span', 'everest-view-size', formatBytes(v.bytes)),
-    el('span', 'everest-view-ratio', `${formatPercent(v.ratio)} of full`)
+    el('span', 'everest-view-ratio', `${formatPercent(v.size_ratio)} of full`)
   );
   li.title =
     `${v.name}: ${formatBytes(v.bytes)} on disk, ` +
-    `${formatPercent(v.ratio)} of the ${formatBytes(v.full_bytes)} a full materialisation takes ` +
-    `(${v.P} partitions, top lists of ${formatPercent(v.list_ratio)})`;
+    `${formatPercent(v.size_ratio)} of the ${formatBytes(v.full_bytes)} a full materialisation takes ` +
+    `(${v.partitions} partitions, top lists of ${formatPercent(v.list_fraction)})`;
   return li;
 }
 
@@ -374,7 +374,9 @@ function updateJob(li: HTMLElement, job: IJob, magic: string): void {
   progress.dataset.progress = pct.toFixed(3);
   progress.setAttribute('role', 'progressbar');
   progress.setAttribute('aria-valuenow', String(Math.round(100 * pct)));
-  const counts = job.total ? `${job.done.toLocaleString()} / ${job.total.toLocaleString()}` : '';
+  const counts = job.total
+    ? `${job.done_units.toLocaleString()} / ${job.total.toLocaleString()}`
+    : '';
   const detail = [counts, `${job.seconds.toFixed(1)} s`, job.error || '']
     .filter(Boolean)
     .join(' · ');

@@ -164,8 +164,8 @@ def test_blocks_sent_later_carry_only_list_entries_that_can_still_enter(digits_c
         info = s.store.view("conv2")
         assert_same_index(s, expected, ["conv2"])
     blocks = -(-len(big) // stats["block_inputs"])
-    full = blocks * info.m * 2 * info.t * 8                          # every block sending both whole lists
-    lists = stats["bytes_summaries"] - blocks * info.m * info.P * 12   # less counts (4 B) and bounds (8 B)
+    full = blocks * info.neurons * 2 * info.list_length * 8                    # every block sending both whole lists
+    lists = stats["bytes_summaries"] - blocks * info.neurons * info.partitions * 12   # less counts (4 B) and bounds (8 B)
     assert blocks == 8 and lists < full, (lists, full)
 
 
@@ -182,10 +182,10 @@ def test_a_worker_killed_mid_build_reruns_its_blocks(digits_cnn, big_reference, 
         job = s.build_index(["conv2"])
         while "Dask" not in job.phase and not job.is_done():   # the pass's blocks are on the workers
             time.sleep(0.01)
-        started = job.done
-        while job.done == started and not job.is_done():       # and a first one came back
+        started = job.done_units
+        while job.done_units == started and not job.is_done():       # and a first one came back
             time.sleep(0.01)
-        assert not job.is_done() and job.done < job.total
+        assert not job.is_done() and job.done_units < job.total
         os.kill(sorted(before)[0], signal.SIGKILL)
         stats = job.result(timeout=300)
         assert worker_pids(c) != before                        # one worker died (and was restarted)

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -112,6 +113,27 @@ def test_labextension_installed_and_enabled():
     line = next((ln for ln in text.splitlines() if ln.strip().startswith("everest_magic ")), None)
     assert line is not None, f"everest_magic is not a JupyterLab extension here:\n{text}"
     assert "enabled" in line and "OK" in line, line
+
+
+def installed_build_is_the_repos() -> tuple[bool, str]:
+    """(same, detail): is the sidebar build JupyterLab serves the one committed in the repo?"""
+    from jupyter_core.paths import jupyter_path
+    repo = json.loads((REPO / "everest_magic" / "labextension" / "package.json").read_text())
+    for root in jupyter_path("labextensions"):
+        pkg = Path(root) / "everest_magic" / "package.json"
+        if pkg.exists():
+            served = json.loads(pkg.read_text())
+            return served["jupyterlab"]["_build"] == repo["jupyterlab"]["_build"], str(pkg.parent)
+    return False, "not installed"
+
+
+def test_served_sidebar_is_the_committed_build():
+    """The browser test runs the sidebar built from this checkout, not a stale copy left by an
+    earlier install (an editable install copies the build once)."""
+    require_browser_stack(browser=False)
+    same, where = installed_build_is_the_repos()
+    assert same, (f"JupyterLab serves a sidebar build at {where} that is not this checkout's "
+                  "everest_magic/labextension/; reinstall: pip install -e . --no-deps")
 
 
 # -- page actions ---------------------------------------------------------------------------------

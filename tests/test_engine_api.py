@@ -81,11 +81,11 @@ def test_results_as_data(session):
 
 def test_single_neuron_topk_within_top_list_runs_no_model(session):
     info = session.store.view("fc1")
-    assert info.t >= 3
+    assert info.list_length >= 3
     passes = session.runner.forward_passes
-    r = session.topk("fc1", [7], k=info.t)
+    r = session.topk("fc1", [7], k=info.list_length)
     assert r.stats.inputs_recomputed == 0 and session.runner.forward_passes == passes
-    r = session.bottomk("fc1", [7], k=info.t, by="max")
+    r = session.bottomk("fc1", [7], k=info.list_length, by="max")
     assert r.stats.inputs_recomputed == 0
 
 
@@ -103,12 +103,31 @@ def test_cache_is_reused_and_bounded(digits_cnn, tmp_path):
     s.close()
 
 
+def test_history_keeps_the_latest_results(session, monkeypatch):
+    monkeypatch.setattr(session, "history", type(session.history)(maxlen=3))
+    results = [session.topk("fc1", [j], k=2) for j in range(5)]
+    assert list(session.history) == results[-3:]
+
+
+def test_activation_source_is_shared_by_queries_and_fetches(session):
+    """The session's source serves queries (batch sizes checked once per view) and any view by id."""
+    v = session.view("fc1")
+    sizes = session.batch_sizes("fc1")
+    assert session.source.batch_sizes(v) == sizes and sizes[-1] == session.runner.batch_size
+    assert session.source.is_checked("fc1") and session.source.check_rows("fc1") >= sizes[-1]
+    ids = np.array([5, 3, 900])
+    rows = session.source.fetch(v, ids)
+    assert np.array_equal(rows, session.activations("fc1", ids))
+    assert np.array_equal(rows, ReprocessAll(session).all_activations("fc1")[ids])
+    assert session.allowed([1, 4]).nonzero()[0].tolist() == [1, 4] and session.input_id(np.int64(7)) == 7
+
+
 def test_job_progress_and_result(digits_cnn, tmp_path):
     model, x, _ = digits_cnn
     s = em.Session(model, x, index=tmp_path / "j.h5", batch_size=16)
     seen = []
     job = s.build_index(["conv1"], wait=False)
-    job.on_change(lambda j: seen.append(j.done))
+    job.on_change(lambda j: seen.append(j.done_units))
     stats = job.result(120)
     assert job.status == "done" and job.progress == 1.0 and stats["conv1"]["n"] == s.n
     assert job.total == s.n + stats["conv1"]["cut_sample"] and seen and max(seen) == job.total

@@ -73,7 +73,7 @@ def random_filter(rng, s):
 
 
 def allowed_of(s, f):
-    return s._allowed(f)
+    return s.allowed(f)
 
 
 def test_topk_and_bottomk_equal_brute_force(indexed):

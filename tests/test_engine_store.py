@@ -51,7 +51,7 @@ def assert_exact(s, view, seed=0, count=6):
 def view_arrays(s, view):
     """Every stored array of a view, read back through the store."""
     info = s.store.view(view)
-    out = {"pids": np.stack([s.store.pids(view, j) for j in range(info.m)])}
+    out = {"pids": np.stack([s.store.pids(view, j) for j in range(info.neurons)])}
     for seg in info.segments:
         with tables.open_file(str(s.index_path / seg.file)) as h:
             for name in ARRAYS[1:]:
@@ -82,6 +82,42 @@ def test_close_and_reopen_gives_identical_answers(digits_cnn, tmp_path):
     assert set(s2.indexed()) == {"conv1", "fc1"}
     assert _queries(s2) == before
     s2.close()
+
+
+def test_a_manifest_with_the_old_keys_still_opens(digits_cnn, tmp_path):
+    """The manifest names a view's settings neurons, partitions, list_fraction, list_length; one
+    written before (m, P, ratio, t) opens with the same settings and the same answers."""
+    model, x, _ = digits_cnn
+    path = tmp_path / "idx"
+    s = em.Session(model, x, index=path, partitions=16, ratio=0.05)   # lists of 92 inputs
+    s.build_index(["conv1", "fc1"], wait=True)
+    before, infos = _queries(s), s.indexed()
+    s.close()
+    doc = json.loads((path / "index.json").read_text())
+    renames = {"neurons": "m", "partitions": "P", "list_fraction": "ratio", "list_length": "t"}
+    for entry in doc["views"].values():
+        assert {k: entry[k] for k in renames} == {"neurons": 512 if entry["name"] == "conv1" else 32,
+                                                  "partitions": 16, "list_fraction": 0.05, "list_length": 92}
+        for new, old in renames.items():
+            entry[old] = entry.pop(new)
+    (path / "index.json").write_text(json.dumps(doc))
+    s2 = em.Session(model, x, index=path, lazy=False)
+    assert s2.indexed() == infos
+    assert _queries(s2) == before
+    s2.close()
+
+
+def test_view_to_json_is_the_one_wire_format(digits_cnn, tmp_path):
+    model, x, _ = digits_cnn
+    with em.Session(model, x, index=tmp_path / "idx", partitions=8, ratio=0.05) as s:
+        s.build_index(["fc1"], wait=True)
+        info = s.indexed()["fc1"]
+        assert info.to_json() == {
+            "name": "fc1", "neurons": 32, "inputs": s.n, "partitions": 8, "scheme": info.scheme,
+            "list_length": 92, "list_fraction": 0.05, "bytes": info.bytes_on_disk,
+            "full_bytes": 4 * 32 * s.n, "size_ratio": info.bytes_on_disk / (4 * 32 * s.n), "files": 1,
+            "build_seconds": info.build["seconds_total"]}
+        assert json.loads(json.dumps(info.to_json())) == info.to_json()
 
 
 def test_complete_views_are_not_built_again_unless_asked(digits_cnn, tmp_path):
@@ -177,7 +213,7 @@ def test_cancelled_build_leaves_previous_views_untouched(digits_cnn, tmp_path):
     before = {f: (path / "views" / f).read_bytes() for f in files(path)}
     manifest = (path / "index.json").read_bytes()
     job = s.build_index(["conv1", "conv2"])
-    while job.done < 300 and not job.is_done():
+    while job.done_units < 300 and not job.is_done():
         time.sleep(0.005)
     assert job.cancel()
     with pytest.raises(em.JobCancelled):
@@ -476,7 +512,7 @@ def test_index_layout_partitions_and_lists(digits_cnn, tmp_path):
     A = ReprocessAll(s).all_activations("conv2")
     counts, bounds = s.store.summary("conv2")
     info = s.store.view("conv2")
-    assert info.t == int(np.ceil(0.05 * s.n))
+    assert info.list_length == int(np.ceil(0.05 * s.n))
     assert info.segments[0].width < s.n     # several chunks a row under this budget
     for neuron in [0, 17, 100, 255]:
         pids = s.store.pids("conv2", neuron)
@@ -493,11 +529,11 @@ def test_index_layout_partitions_and_lists(digits_cnn, tmp_path):
         nz = counts[neuron] > 0   # partitions are ordered by value, and equal values share one
         assert np.all(bounds[neuron, nz, 1][:-1] < bounds[neuron, nz, 0][1:])
         top_ids, top_vals = s.store.extremes("conv2", neuron)
-        order = np.lexsort((np.arange(s.n), -A[:, neuron]))[: info.t]
+        order = np.lexsort((np.arange(s.n), -A[:, neuron]))[: info.list_length]
         assert top_ids.tolist() == order.tolist()
         np.testing.assert_array_equal(top_vals, A[order, neuron])
         bot_ids, bot_vals = s.store.extremes("conv2", neuron, highest=False)
-        order = np.lexsort((np.arange(s.n), A[:, neuron]))[: info.t]
+        order = np.lexsort((np.arange(s.n), A[:, neuron]))[: info.list_length]
         assert bot_ids.tolist() == order.tolist()
         np.testing.assert_array_equal(bot_vals, A[order, neuron])
     zeros = (A == 0).sum(0)   # a ReLU unit that is 0 for many inputs: its zeros get partition 0
@@ -516,7 +552,7 @@ def test_partition_ids_are_readable_by_plain_pytables(digits_cnn, tmp_path):
     s = em.Session(model, x, index=tmp_path / "i", memory_budget=4 << 20)
     s.build_index(["conv1"], wait=True)
     info = s.store.view("conv1")
-    mine = np.stack([s.store.pids("conv1", j) for j in range(info.m)])
+    mine = np.stack([s.store.pids("conv1", j) for j in range(info.neurons)])
     s.close()
     with tables.open_file(str(tmp_path / "i" / info.segments[0].file)) as h:
         node = h.root.pids
@@ -540,12 +576,12 @@ def test_small_lists_hold_at_least_min_list_inputs(digits_cnn, tmp_path):
     model, x, _ = digits_cnn
     s = em.Session(model, x, index=tmp_path / "i", ratio=0.002)   # ceil(0.002 n) = 4
     s.build_index(["fc1"], wait=True)
-    assert s.store.view("fc1").t == 32
+    assert s.store.view("fc1").list_length == 32
     r = s.topk("fc1", [3], k=30)      # a single neuron, k within its list: no model run
     assert r.stats.inputs_recomputed == 0
     s2 = em.Session(model, x, index=tmp_path / "j", ratio=0.0)
     s2.build_index(["fc1"], wait=True)
-    assert s2.store.view("fc1").t == 0
+    assert s2.store.view("fc1").list_length == 0
     assert_exact(s2, "fc1", count=2)
     s.close(), s2.close()
 
@@ -565,15 +601,15 @@ def test_partitions_default_to_the_largest_that_fit_the_size_budget(digits_cnn, 
     s = em.Session(model, x, index=tmp_path / "auto")
     s.build_index(["conv1"], wait=True)
     info = s.indexed()["conv1"]
-    assert info.P in P_CANDIDATES and info.build["partitions"] == "auto"
-    assert info.size_ratio <= 0.15, (info.P, info.size_ratio)
+    assert info.partitions in P_CANDIDATES and info.build["partitions"] == "auto"
+    assert info.size_ratio <= 0.15, (info.partitions, info.size_ratio)
     assert 0.6 * info.size_ratio < info.build["estimated_size_ratio"] < 1.5 * info.size_ratio
     Ps = []
     for budget in (0.08, 0.3):
         with em.Session(model, x, index=tmp_path / f"b{budget}", size_budget=budget) as b:
             b.build_index(["conv1"], wait=True)
-            Ps.append(b.indexed()["conv1"].P)
-    assert Ps[0] < info.P < Ps[1]
+            Ps.append(b.indexed()["conv1"].partitions)
+    assert Ps[0] < info.partitions < Ps[1]
     s.close()
 
 

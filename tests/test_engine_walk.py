@@ -190,7 +190,7 @@ def test_stats_count_every_row_run_and_the_walk_plan_is_reproducible(digits_cnn,
         s = em.Session(model, x, index=path, batch_size=16)
         first = s.knn(5, "conv2", [3, 30, 77], k=12)
         sizes = s.batch_sizes("conv2")
-        check_rows = s._check_rows["conv2"]
+        check_rows = s.source.check_rows("conv2")
         assert check_rows >= 16
         assert first.stats.rows_run >= first.stats.inputs_recomputed + check_rows
         s.clear_caches()

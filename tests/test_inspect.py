@@ -200,6 +200,17 @@ def test_activations_and_hypotheses_are_cached(digits):
     hypothesis_cache(s).clear()
 
 
+def test_hypothesis_cache_is_bounded_by_bytes():
+    from everest_magic.inspect.hypotheses import HypothesisCache
+    cache = HypothesisCache(max_bytes=10_000)
+    for i in range(10):
+        cache.put("mask", i, np.zeros(1000, np.uint8))
+    assert cache.bytes <= 10_000 and len(cache) == 9
+    assert cache.get("mask", 0) is None and cache.get("mask", 9) is not None   # the oldest went first
+    cache.put("big", 0, np.zeros(20_000, np.uint8))                          # larger than the cache: not kept
+    assert cache.get("big", 0) is None and len(cache) == 9
+
+
 # -- errors ------------------------------------------------------------------------------------------
 
 def _boom(img):
@@ -243,10 +254,10 @@ def test_job_reports_progress_and_returns_the_frame(digits):
     s, x, y = digits
     seen = []
     job = inspect(s, VIEWS, {"ink": "ink"}, wait=False, early_stop=False, max_inputs=600, chunk=64)
-    job.on_change(lambda j: seen.append((j.done, j.total)))
+    job.on_change(lambda j: seen.append((j.done_units, j.total)))
     df = job.result(120)
     assert job.status == "done" and job.progress == 1.0 and len(df) == 16 + 32
-    assert job.total == 600 and job.done == 600
+    assert job.total == 600 and job.done_units == 600
     assert all(b[0] >= a[0] for a, b in zip(seen, seen[1:]))
 
 
@@ -263,7 +274,7 @@ def test_job_can_be_cancelled(digits):
                       max_inputs=None, chunk=64)
     assert started.wait(30)
     deadline = time.time() + 60
-    while job.done == 0 and time.time() < deadline:
+    while job.done_units == 0 and time.time() < deadline:
         time.sleep(0.01)
     assert 0 < job.progress < 1
     assert job.cancel()

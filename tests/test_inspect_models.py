@@ -144,13 +144,13 @@ def _dark(img) -> bool:
 
 
 def test_each_hypothesis_is_computed_once_and_each_batch_loaded_once(nets):
-    from everest_magic.inspect.plan import Options, build_plan
+    from everest_magic.inspect.plan import InspectOptions, build_plan
     from everest_magic.inspect.scorer import run_plan
     nets, x, y = nets
     del MEANS[:]
     ss = _sessions(nets, x, y)
     plan = build_plan(ss, VIEWS, {"dark": _dark, "ink": "ink"}, ["pearson", "auroc"],
-                      options=Options(early_stop=False, max_inputs=None))
+                      options=InspectOptions(early_stop=False, max_inputs=None))
     loads = dict.fromkeys(ss, 0)
     for name, s in ss.items():
         def counted(ids, name=name, batch=s.data.batch):

@@ -119,3 +119,39 @@ def test_a_long_line_under_the_limit_is_parsed_fast(ip):
 def test_a_trailing_question_mark_reaches_the_magic(ip):
     with pytest.raises(UsageError, match="no help on 'topk\\?'"):
         run(ip, "%everest help topk?")
+
+
+def test_every_session_option_can_be_set_from_use_and_engine_errors_point_at_theirs(ip, digits_cnn):
+    from everest_magic.engine import QueryError, Session
+    run(ip, "%everest use model=net data={images[:200]} name=configured size_budget=0.2 min_list=8 lazy=false")
+    s = kernel_state().session("configured")
+    assert (s.config.size_budget, s.size_budget, s.min_list, s.lazy) == (0.2, 0.2, 8, False)
+    with pytest.raises(UsageError) as e:   # the engine's error names its parameter: labels
+        run(ip, "%everest use model=net data={images[:200]} labels={labels[:5]} name=configured2")
+    assert str(e.value).startswith("line 1, column 42: 5 labels for 200 inputs\n")
+    assert e.value.__cause__.__cause__.param == "labels" and isinstance(e.value.__cause__.__cause__, QueryError)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'batchsize' .*did you mean 'batch_size'"):
+        Session(digits_cnn[0], digits_cnn[1][:10], batchsize=3)
+
+
+def test_config_sets_the_magics_traits(ip):
+    """The magics are a traitlets Configurable, as jupysql's SqlMagic: `%config EverestMagics.verbose = True`
+    lets errors through as they are (with their traceback), instead of as a one-line UsageError."""
+    from everest_magic.engine import QueryError
+    magics = ip.magics_manager.registry["EverestMagics"]
+    assert (magics.verbose, magics.sidebar) == (False, True)
+    run(ip, "%everest use model=net data={images[:200]} name=traits")
+    code = "%%everest topk 3 --wait\nlayer fc1\nneurons 9999"
+    with pytest.raises(UsageError, match="line 3, column 9: neuron 9999 is out of range"):
+        run(ip, code)
+    run(ip, "%config EverestMagics.verbose = True")
+    try:
+        assert magics.verbose is True
+        with pytest.raises(QuerySyntaxError, match="line 3, column 9: neuron 9999 is out of range") as e:
+            run(ip, code)
+        assert isinstance(e.value.__cause__, QueryError) and e.value.__cause__.param == "neurons"
+    finally:
+        run(ip, "%config EverestMagics.verbose = False")
+    assert magics.verbose is False
+    with pytest.raises(UsageError):
+        run(ip, code)

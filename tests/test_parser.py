@@ -399,3 +399,52 @@ def test_index_rebuild_and_extend_parse():
     assert isinstance(cmd.data, Expr) and cmd.data.text == "x[100:]"
     assert isinstance(cmd.labels, Name) and cmd.labels.text == "y2"
     assert parse_cell("extend more", None).labels is None
+
+
+def test_commands_carry_the_span_of_every_value():
+    S = P.Span
+    cmd = parse_cell("topk {k} -o top in session s", "layer conv2\n  neurons 5, 17   # a comment\nby weights 1, 2\n"
+                                                     "where labels == 3")
+    assert cmd.spans == {"topk": S(1, 6, 23), "k": S(1, 6, 3), "output": S(1, 13, 3), "session": S(1, 28, 1),
+                         "layer": S(2, 7, 5), "neurons": S(3, 11, 5), "by": S(4, 4, 12), "where": S(5, 7, 11)}
+    assert cmd.spans["neurons"].source_line == "  neurons 5, 17   # a comment"
+    assert parse_cell("knn", "target 3\nlayer fc1\nchannels 1").spans == {
+        "knn": S(1, 1, 3), "target": S(2, 8, 1), "layer": S(3, 7, 3), "neurons": S(4, 10, 1)}
+    cmd = parse_cell("inspect --wait", "layers fc1, fc2\nhypotheses ink\nepsilon 0.1\nin session s")
+    assert cmd.spans == {"inspect": S(1, 9, 6), "wait": S(1, 9, 6), "layer": S(2, 8, 8), "hypotheses": S(3, 12, 3),
+                         "epsilon": S(4, 9, 3), "session": S(5, 12, 1)}
+    assert parse_cell("use m model=net data=x batch_size=8").spans == {
+        "use": S(1, 5, 31), "name": S(1, 5, 1), "model": S(1, 13, 3), "data": S(1, 22, 1), "batch_size": S(1, 35, 1)}
+    assert parse_cell("index conv2, {v} 'fc 1' --wait").spans == {
+        "index": S(1, 7, 24), "views[0]": S(1, 7, 5), "views[1]": S(1, 14, 3), "views[2]": S(1, 18, 6),
+        "wait": S(1, 25, 6)}
+    assert parse_cell("neurons top 5 of input {i} layer fc1").spans == {
+        "neurons": S(1, 9, 28), "count": S(1, 13, 1), "input": S(1, 24, 3), "layer": S(1, 34, 3)}
+    assert parse_cell("cancel 7").spans == {"cancel": S(1, 8, 1), "job": S(1, 8, 1)}
+    assert parse_cell("jobs").spans == {"jobs": S(1, 1, 4)}   # no arguments: the verb
+
+
+def test_option_tables_are_derived_from_their_declarations():
+    from dataclasses import fields
+
+    from everest_magic.engine import query
+    from everest_magic.engine.config import SessionConfig
+    from everest_magic.inspect.plan import InspectOptions
+    assert set(P.USE_OPTIONS) == {f.name for f in fields(SessionConfig)} | {"model", "data", "index", "render",
+                                                                             "tokenizer"}
+    assert list(P.INSPECT_OPTIONS) == InspectOptions.names() and "growth" not in P.INSPECT_OPTIONS
+    assert P.AGGREGATIONS is query.AGGREGATIONS and P.METRICS is query.METRICS
+    assert parse_cell("use model=m data=d size_budget=0.3 cluster=local").options == {
+        "model": Name("m", 1, 11), "data": Name("d", 1, 18), "size_budget": 0.3, "cluster": "local"}
+    assert parse_cell("inspect", "layer fc1\nhypotheses ink\nseed 0\npatience none").options == {"seed": 0,
+                                                                                               "patience": None}
+    with pytest.raises(QuerySyntaxError, match="top must be a positive integer"):
+        parse_cell("inspect", "layer fc1\nhypotheses ink\ntop 0")
+    # the help is generated from the same tables: every key, option and flag appears in it
+    assert all(key in help_text("use") for key in P.USE_OPTIONS)
+    assert all(f"[{name} " in help_text("inspect") for name in P.INSPECT_OPTIONS)
+    for name, (spellings, _, what) in P.LINE_OPTIONS.items():
+        assert all(s in help_text("options") for s in spellings) and what in help_text("options")
+    assert "[--wait] [--rebuild] [in session NAME]" in help_text("index")
+    with pytest.raises(QuerySyntaxError, match="this command takes no option '--rebuild'"):
+        parse_cell("topk 3 --rebuild", "layer fc1\nneurons 1")

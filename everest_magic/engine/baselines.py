@@ -18,7 +18,7 @@ import tables
 
 from . import query as Q
 from .result import QueryStats, Result
-from .session import Session
+from .session import Session, check_k
 from .store import FLOAT_FILTERS, HDF5_LOCK, read_row
 
 
@@ -48,7 +48,7 @@ class _Baseline:
         key_of = Q.topk_key(agg, lowest)
         stats = QueryStats(n=s.n, method=self.name)
         X = self.group_activations(view, group, stats)
-        keys, ids = rank(X, key_of, s._k(k), s._allowed(filter))
+        keys, ids = rank(X, key_of, check_k(k), s.allowed(filter))
         stats.seconds = time.perf_counter() - t0
         return Result("bottomk" if lowest else "topk", view, group, ids, -keys if lowest else keys, stats,
                       {"by": agg.label, "k": k})
@@ -63,15 +63,15 @@ class _Baseline:
         group = s.neuron_ids(view, neurons)
         stats = QueryStats(n=s.n, method=self.name)
         X = self.group_activations(view, group, stats)
-        allowed = s._allowed(filter)
+        allowed = s.allowed(filter)
         if isinstance(target, (int, np.integer)):
-            t = X[s._target_id(target)]
+            t = X[s.input_id(target)]
             if not include_target:
                 allowed[int(target)] = False
         else:
             t = s.external_activations(view, target)[group]
         key_of = Q.knn_key(t, metric)
-        keys, ids = rank(X, key_of, s._k(k), allowed)
+        keys, ids = rank(X, key_of, check_k(k), allowed)
         stats.seconds = time.perf_counter() - t0
         return Result("knn", view, group, ids, Q.knn_distance(keys, metric), stats, {"metric": metric, "k": k})
 
@@ -88,7 +88,7 @@ class ReprocessAll(_Baseline):
         bs = s.runner.batch_size * 16
         for a in range(0, s.n, bs):
             ids = np.arange(a, min(a + bs, s.n))
-            out[ids] = s._locked(s.runner.views, [v], ids)[0][:, group]
+            out[ids] = s.source.recompute([v], ids)[0][:, group]
         stats.inputs_recomputed = s.n
         stats.batches = -(-s.n // s.runner.batch_size)
         return out
@@ -97,7 +97,7 @@ class ReprocessAll(_Baseline):
         """The whole view (n, m) in RAM: the brute-force reference of the tests."""
         s = self.s
         v = s.view(view)
-        return np.concatenate([s._locked(s.runner.views, [v], np.arange(a, min(a + 1024, s.n)))[0]
+        return np.concatenate([s.source.recompute([v], np.arange(a, min(a + 1024, s.n)))[0]
                                for a in range(0, s.n, 1024)])
 
 

@@ -219,7 +219,7 @@ def _acquire(store: IndexStore, names: list[str], job: Job | None) -> list:
                         break
                     except Timeout:
                         if job is not None:
-                            job.step(job.done, job.total)   # lets Cancel through
+                            job.step(job.done_units, job.total)   # lets Cancel through
                 if job is not None:
                     job.phase = ""
             locks.append(lock)
@@ -320,9 +320,9 @@ def _build(runner, store, views, job, partitions, ratio, scheme, memory_budget, 
         need += int(4 * n * m * (estimate if estimate is not None else 0.3) * 1.2)
     _check_space(store, need, [v.name for v in views])
     for v, shape, m, (P, fractions, cuts, estimate) in zip(views, shapes, ms, settings):
-        writers.append(store.writer(v.name, definition=v.definition(), shape=shape, m=m, start=0, stop=n, P=P,
-                                    scheme=scheme, fractions=fractions, ratio=ratio, t=t, width=plan.width,
-                                    cuts=cuts, need_bytes=need))
+        writers.append(store.writer(v.name, definition=v.definition(), shape=shape, neurons=m, start=0, stop=n,
+                                    partitions=P, scheme=scheme, fractions=fractions, list_fraction=ratio,
+                                    list_length=t, width=plan.width, cuts=cuts, need_bytes=need))
     if job is not None:
         job.phase = "one pass over the data"
     t1 = time.perf_counter()
@@ -373,21 +373,23 @@ def extend_views(runner: Runner, store: IndexStore, views: list[View], start: in
         t0 = time.perf_counter()
         backend = backend or default_backend(runner.device)
         infos = [store.view(v) for v in names]
-        plan = plan_build([i.m for i in infos], n - start, infos[0].t if infos else 0,
-                          max(i.P for i in infos) if infos else 1, runner.batch_size, memory_budget)
+        plan = plan_build([i.neurons for i in infos], n - start, infos[0].list_length if infos else 0,
+                          max(i.partitions for i in infos) if infos else 1, runner.batch_size, memory_budget)
         states = []
         need = 64 << 10
         for info in infos:
             counts, bounds = store.summary(info.name)
             prev = {"counts": counts, "bounds": bounds, **store.lists(info.name)}
-            cuts = store.cuts(info.name)[:, :info.P - 1]
-            states.append(ViewState(info.name, cuts, info.t, plan.width, backend, runner.device, previous=prev))
+            cuts = store.cuts(info.name)[:, :info.partitions - 1]
+            states.append(ViewState(info.name, cuts, info.list_length, plan.width, backend, runner.device,
+                                    previous=prev))
             need += int(info.bytes_on_disk / max(info.n, 1) * (n - start) * 1.5)
         _check_space(store, need, names)
         for info, st in zip(infos, states):
-            writers.append(store.writer(info.name, definition=info.definition, shape=info.shape, m=info.m,
-                                        start=start, stop=n, P=info.P, scheme=info.scheme,
-                                        fractions=cut_fractions(info.P, info.scheme), ratio=info.ratio, t=info.t,
+            writers.append(store.writer(info.name, definition=info.definition, shape=info.shape,
+                                        neurons=info.neurons, start=start, stop=n, partitions=info.partitions,
+                                        scheme=info.scheme, fractions=cut_fractions(info.partitions, info.scheme),
+                                        list_fraction=info.list_fraction, list_length=info.list_length,
                                         width=plan.width, cuts=st.cuts, need_bytes=need))
         empty = np.zeros(0, np.int64)
         _stream(runner, views, states, writers, start, n, plan.width, empty, [None] * len(views), job, 0, n - start)

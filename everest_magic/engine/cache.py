@@ -2,7 +2,9 @@
 
 Rows of one view live in fixed-size pages of a few MB (a slab), so a query reads the group's
 columns of every cached row in a few fancy-indexing steps whatever the number of rows,
-and the cache grows and shrinks a page at a time, never copying what it holds.
+and the cache grows and shrinks a page at a time, never copying what it holds. (A per-key LRU
+such as cachetools' would make reading a group's columns of every cached row a Python loop
+over rows; the hypothesis cache uses cachetools.)
 """
 from __future__ import annotations
 

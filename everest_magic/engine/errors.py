@@ -2,17 +2,26 @@
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 
 class EverestError(Exception):
-    """Base class of every error everest_magic raises on bad input or state."""
+    """Base class of every error everest_magic raises on bad input or state.
+
+    `param`: the argument the error is about ("neurons", "k", "view", "target", "by",
+    "metric", "filter", an inspect option...), or None; the magics point at its value.
+    """
+
+    def __init__(self, *args: object, param: str | None = None):
+        super().__init__(*args)
+        self.param = param
 
 
 class UnknownNameError(EverestError, KeyError):
     """A layer, view or session name that does not exist; lists the closest valid names."""
 
-    def __init__(self, kind: str, name: str, valid: Iterable[str]):
+    def __init__(self, kind: str, name: str, valid: Iterable[str], param: str | None = None):
         valid = list(valid)
         self.kind, self.name, self.valid = kind, name, valid
         self.suggestions = suggest(name, valid)
@@ -22,10 +31,13 @@ class UnknownNameError(EverestError, KeyError):
         elif valid:
             shown = ", ".join(valid[:12]) + (", ..." if len(valid) > 12 else "")
             msg += f"; valid {kind}s: {shown}"
-        super().__init__(msg)
+        super().__init__(msg, param=param)
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0]
+
+    def __reduce__(self):
+        return type(self), (self.kind, self.name, self.valid, self.param)
 
 
 class QueryError(EverestError, ValueError):
@@ -54,6 +66,17 @@ class ModelError(EverestError):
 
 class JobCancelled(EverestError):
     """The job was cancelled before it finished."""
+
+
+@contextmanager
+def about(param: str) -> Iterator[None]:
+    """Mark the EverestErrors raised inside as being about `param` (unless they already name one)."""
+    try:
+        yield
+    except EverestError as e:
+        if e.param is None:
+            e.param = param
+        raise
 
 
 def suggest(name: str, valid: Iterable[str], n: int = 3) -> list[str]:

@@ -14,8 +14,10 @@ from .errors import JobCancelled
 class Job:
     """A unit of work on a background thread.
 
-    The work function receives the job and should call `job.step(done, total)` from time
-    to time; `step` raises `JobCancelled` once `cancel()` was called.
+    The work function receives the job and should call `job.step(done_units, total)` from
+    time to time; `step` raises `JobCancelled` once `cancel()` was called.
+    `done_units` of `total` is the progress count; `is_done()` says whether the job ended;
+    `started_at` and `finished_at` are Unix times (None until then).
     """
 
     _ids = iter(range(1, 1 << 62))
@@ -23,16 +25,17 @@ class Job:
     def __init__(self, fn: Callable[["Job"], Any], description: str = "", start: bool = True):
         self.id = next(Job._ids)
         self.description = description
-        self.done = 0
+        self.done_units = 0
         self.total = 0
         self.status = "pending"   # pending, running, done, failed, cancelled
         self.error: BaseException | None = None
         self.traceback = ""
-        self.started = self.finished = None
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
         self._fn = fn
         self._value: Any = None
         self._cancel = threading.Event()
-        self._finished = threading.Event()
+        self._ended = threading.Event()
         self._listeners: list[Callable[["Job"], None]] = []
         self._thread: threading.Thread | None = None
         self.context = contextvars.copy_context()   # the caller's context (e.g. its notebook cell)
@@ -54,11 +57,11 @@ class Job:
         return self.result()
 
     def _run(self) -> None:
-        self.started = time.time()
+        self.started_at = time.time()
         if self._cancel.is_set():
             self.status, self.error = "cancelled", JobCancelled(f"job {self.id} ({self.description}) was cancelled")
-            self.finished = time.time()
-            self._finished.set()
+            self.finished_at = time.time()
+            self._ended.set()
             self._notify()
             return
         self.status = "running"
@@ -70,14 +73,14 @@ class Job:
             self.status, self.error = "cancelled", e
         except BaseException as e:  # reported through result()
             self.status, self.error, self.traceback = "failed", e, traceback.format_exc()
-        self.finished = time.time()
-        self._finished.set()
+        self.finished_at = time.time()
+        self._ended.set()
         self._notify()
 
     # -- used by the work function ---------------------------------------------------------
-    def step(self, done: int, total: int | None = None) -> None:
+    def step(self, done_units: int, total: int | None = None) -> None:
         """Report progress; raises JobCancelled if cancellation was requested."""
-        self.done = done
+        self.done_units = done_units
         if total is not None:
             self.total = total
         if self._cancel.is_set():
@@ -91,7 +94,7 @@ class Job:
     # -- used by callers ------------------------------------------------------------------
     def cancel(self) -> bool:
         """Ask the job to stop at its next progress step; True if it was still running."""
-        if self._finished.is_set():
+        if self._ended.is_set():
             return False
         self._cancel.set()
         return True
@@ -102,23 +105,24 @@ class Job:
 
     @property
     def progress(self) -> float:
-        return 1.0 if self.status == "done" else (self.done / self.total if self.total else 0.0)
+        return 1.0 if self.status == "done" else (self.done_units / self.total if self.total else 0.0)
 
     @property
     def seconds(self) -> float:
-        if self.started is None:
+        if self.started_at is None:
             return 0.0
-        return (self.finished or time.time()) - self.started
+        return (self.finished_at or time.time()) - self.started_at
 
     def is_done(self) -> bool:
-        return self._finished.is_set()
+        """Has the job ended (done, failed or cancelled)?"""
+        return self._ended.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._finished.wait(timeout)
+        return self._ended.wait(timeout)
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the job; return its value or raise its error."""
-        if not self._finished.wait(timeout):
+        if not self._ended.wait(timeout):
             raise TimeoutError(f"job {self.id} still running after {timeout} s")
         if self.error is not None:
             raise self.error
@@ -136,7 +140,15 @@ class Job:
                 pass
 
     def __repr__(self) -> str:
-        return f"<Job {self.id} {self.description!r} {self.status} {self.done}/{self.total}>"
+        return f"<Job {self.id} {self.description!r} {self.status} {self.done_units}/{self.total}>"
+
+    def to_json(self) -> dict:
+        """The job as `%everest jobs` and the sidebar show it (JSON-ready; mirrored by `IJob`
+        in labextension/model.ts)."""
+        return {"id": self.id, "description": self.description, "status": self.status, "phase": self.phase,
+                "done_units": self.done_units, "total": self.total, "progress": self.progress,
+                "seconds": round(self.seconds, 2), "queue": self.queue,
+                "error": "" if self.error is None else str(self.error)}
 
 
 class JobManager:
@@ -192,20 +204,21 @@ class JobManager:
         jobs = [self.get(job_id)] if job_id is not None else [j for j in self.jobs.values() if not j.is_done()]
         return [j for j in jobs if j.cancel()]
 
-    def running(self) -> list[Job]:
+    def running_jobs(self) -> list[Job]:
+        """Jobs pending or running."""
         return [j for j in self.jobs.values() if j.status in ("pending", "running")]
 
-    def finished(self) -> list[Job]:
+    def succeeded_jobs(self) -> list[Job]:
+        """Jobs that ended with a result (status "done"; `Job.is_done()` is true for every ended job)."""
         return [j for j in self.jobs.values() if j.status == "done"]
 
-    def failed(self) -> list[Job]:
+    def failed_jobs(self) -> list[Job]:
+        """Jobs that failed or were cancelled."""
         return [j for j in self.jobs.values() if j.status in ("failed", "cancelled")]
 
     def status(self) -> list[dict]:
-        """One row per job: id, description, status, phase, done, total, progress, seconds, queue, error."""
-        return [{"id": j.id, "description": j.description, "status": j.status, "phase": j.phase, "done": j.done,
-                 "total": j.total, "progress": j.progress, "seconds": round(j.seconds, 2), "queue": j.queue,
-                 "error": "" if j.error is None else str(j.error)} for j in self.jobs.values()]
+        """`Job.to_json()` of every job, oldest first."""
+        return [j.to_json() for j in self.jobs.values()]
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Cancel everything and stop the workers."""

@@ -13,8 +13,32 @@ by value ascending then id ascending; their roots are the worst entry kept.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numba import njit, prange
+
+
+def _start_threads_passive() -> None:
+    """Start numba's thread pool with passive waiting. Its OpenMP runtime (the system
+    libgomp, not the copy torch loaded) reads OMP_WAIT_POLICY once, when the pool starts;
+    its threads otherwise spin after each parallel call and slow the model's forward pass
+    running next on the same cores. Torch's own runtime is already loaded and unaffected."""
+    if os.environ.get("EVEREST_OMP_ACTIVE"):
+        return
+    from numba.np.ufunc import parallel
+    old = os.environ.get("OMP_WAIT_POLICY")
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        parallel._launch_threads()
+    finally:
+        if old is None:
+            del os.environ["OMP_WAIT_POLICY"]
+        else:
+            os.environ["OMP_WAIT_POLICY"] = old
+
+
+_start_threads_passive()
 
 @njit(inline="always")
 def _pid8(cuts, j, v):
@@ -324,3 +348,15 @@ def fletcher32(data):
     s1 = (s1 & np.uint32(0xffff)) + (s1 >> np.uint32(16))
     s2 = (s2 & np.uint32(0xffff)) + (s2 >> np.uint32(16))
     return (s2 << np.uint32(16)) | s1
+
+
+
+@njit(nogil=True, parallel=True, cache=True)
+def transposed(A, start, stop):
+    """Columns start..stop of A (S, m) as contiguous rows (stop - start, S), a tile of TILE
+    columns at a time (several times faster than numpy's strided copy of a wide A)."""
+    out = np.empty((stop - start, A.shape[0]), A.dtype)
+    for tile in prange((stop - start + TILE - 1) // TILE):
+        j0 = start + tile * TILE
+        _transpose(A, j0, min(TILE, stop - j0), out[j0 - start:])
+    return out

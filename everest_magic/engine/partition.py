@@ -16,10 +16,14 @@ whose min equals its max is "single-valued" and tells its inputs' values exactly
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 SCHEMES = ("tails", "equi")
 SAMPLE = 8192   # cut values come from a sample of at most this many inputs
+SORT_THREADS = max(1, min(8, os.cpu_count() or 1))   # threads sorting a sample's rows
 
 
 def cut_fractions(P: int, scheme: str = "tails") -> np.ndarray:
@@ -96,7 +100,12 @@ def _rescale(fractions: np.ndarray, P: int) -> np.ndarray:
 
 def sorted_sample(acts: np.ndarray, start: int, stop: int) -> np.ndarray:
     """Neurons start..stop of sample activations (S, m), as sorted rows (stop - start, S)."""
-    return np.sort(np.ascontiguousarray(acts[:, start:stop].T), axis=1)
+    from .kernels import transposed
+    rows = transposed(np.ascontiguousarray(acts, np.float32), start, stop)
+    parts = np.array_split(rows, min(SORT_THREADS, max(len(rows), 1)))
+    with ThreadPoolExecutor(len(parts)) as pool:   # numpy's sort releases the GIL
+        list(pool.map(lambda part: part.sort(axis=1), parts))
+    return rows
 
 
 def partition_members(pids: np.ndarray, j: int) -> np.ndarray:

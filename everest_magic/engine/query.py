@@ -40,7 +40,7 @@ Terms = Callable[[np.ndarray, int], np.ndarray]           # (values of neuron j,
 BoundTerms = Callable[[np.ndarray, np.ndarray, int], np.ndarray]  # (lo, hi, j) -> best-case terms
 
 
-class Context(Protocol):
+class QuerySession(Protocol):
     """What a query needs from its session."""
 
     n: int
@@ -132,22 +132,22 @@ def make_aggregation(by: str | list | tuple | np.ndarray, g: int) -> Aggregation
     if isinstance(by, str):
         if by not in AGGREGATIONS:
             hint = suggest(by, AGGREGATIONS)
-            raise QueryError(f"unknown aggregation {by!r}" + (f"; did you mean {hint[0]!r}?" if hint
-                                                              else f"; use one of {AGGREGATIONS} or a list of weights"))
+            why = f"did you mean {hint[0]!r}?" if hint else f"use one of {AGGREGATIONS} or a list of weights"
+            raise QueryError(f"unknown aggregation {by!r}; {why}", param="by")
         return Aggregation(by)
     try:
         w = np.asarray(by, dtype=np.float64).ravel()
     except (TypeError, ValueError):
         raise QueryError(f"by must be an aggregation ({', '.join(AGGREGATIONS)}) or a list of non-negative weights, "
-                         f"one per neuron; got {type(by).__name__} {str(by)[:60]}") from None
+                         f"one per neuron; got {type(by).__name__} {str(by)[:60]}", param="by") from None
     if len(w) != g:
-        raise QueryError(f"{len(w)} weights given for a group of {g} neurons")
+        raise QueryError(f"{len(w)} weights given for a group of {g} neurons", param="by")
     if not np.all(np.isfinite(w)):
-        raise QueryError("weights must be finite")
+        raise QueryError("weights must be finite", param="by")
     if np.any(w < 0):
         bad = int(np.flatnonzero(w < 0)[0])
         raise QueryError(f"weight {bad} is negative ({w[bad]}); top-k weights must be >= 0 "
-                         "(negate the query or use bottom-k)")
+                         "(negate the query or use bottom-k)", param="by")
     return Aggregation("weighted", tuple(float(x) for x in w))
 
 
@@ -162,8 +162,8 @@ def check_metric(metric: str) -> str:
     """`metric` if it is one of METRICS, else a QueryError suggesting the closest."""
     if metric not in METRICS:
         hint = suggest(metric, METRICS)
-        raise QueryError(f"unknown metric {metric!r}" + (f"; did you mean {hint[0]!r}?" if hint
-                                                         else f"; use one of {METRICS}"))
+        why = f"did you mean {hint[0]!r}?" if hint else f"use one of {METRICS}"
+        raise QueryError(f"unknown metric {metric!r}; {why}", param="metric")
     return metric
 
 
@@ -171,7 +171,7 @@ def knn_scoring(target: np.ndarray, metric: str) -> Scoring:
     """The Scoring of a kNN query by a per-neuron metric (l2, l1, linf): minus the (squared
     for L2) distance to `target` (g,). Cosine has no per-neuron terms: see `cosine_keys`."""
     if check_metric(metric) == "cosine":
-        raise QueryError("cosine distance does not decompose per neuron; score it with cosine_keys")
+        raise QueryError("cosine distance does not decompose per neuron; score it with cosine_keys", param="metric")
     t = np.asarray(target, np.float64).ravel()
     square = metric == "l2"
 
@@ -218,7 +218,7 @@ def knn_distance(keys: np.ndarray, metric: str) -> np.ndarray:
 
 # -- bounds of every input from the index ------------------------------------------------------
 
-def bounds(ctx: Context, view: str, neurons: np.ndarray, sc: Scoring) -> tuple[np.ndarray, np.ndarray, int]:
+def bounds(ctx: QuerySession, view: str, neurons: np.ndarray, sc: Scoring) -> tuple[np.ndarray, np.ndarray, int]:
     """(keys, exact, n_from_index): an upper bound of every input's key (n,), which is the key
     itself where `exact`; n_from_index counts the inputs the index alone knows exactly."""
     counts, stored = ctx.store.summary(view)
@@ -231,7 +231,7 @@ def bounds(ctx: Context, view: str, neurons: np.ndarray, sc: Scoring) -> tuple[n
         eps = ctx.tolerance * float(np.nanmax(np.abs(b))) if np.any(np.isfinite(b)) else 0.0
         lo, hi = b[:, 0] - eps, b[:, 1] + eps
         lists = ()
-        if info.t > 0:
+        if info.list_length > 0:
             top_ids, top_vals = ctx.store.extremes(view, neuron, highest=True)
             bot_ids, bot_vals = ctx.store.extremes(view, neuron, highest=False)
             np.minimum(hi, float(top_vals[-1]) + eps, out=hi)   # unlisted inputs lie between the lists' ends
@@ -278,7 +278,7 @@ def best_first(cand: np.ndarray, ub: np.ndarray, chunk: int = ORDER_CHUNK) -> It
         yield head[np.lexsort((head, -ub[head]))]
 
 
-def threshold_walk(ctx: Context, view: str, neurons: np.ndarray, k: int, allowed: np.ndarray, sc: Scoring,
+def threshold_walk(ctx: QuerySession, view: str, neurons: np.ndarray, k: int, allowed: np.ndarray, sc: Scoring,
                    stats: QueryStats) -> tuple[np.ndarray, np.ndarray]:
     """The k inputs with the largest key (ties: smaller id), visiting best bounds first."""
     ub, exact, stats.inputs_exact_from_index = bounds(ctx, view, neurons, sc)
@@ -306,7 +306,7 @@ def threshold_walk(ctx: Context, view: str, neurons: np.ndarray, k: int, allowed
     return best_keys, best_ids
 
 
-def scan(ctx: Context, view: str, neurons: np.ndarray, k: int, allowed: np.ndarray,
+def scan(ctx: QuerySession, view: str, neurons: np.ndarray, k: int, allowed: np.ndarray,
          key_of: Callable[[np.ndarray], np.ndarray], stats: QueryStats,
          batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Exact answer by scoring every allowed input (used when bounds cannot prune)."""
@@ -321,7 +321,7 @@ def scan(ctx: Context, view: str, neurons: np.ndarray, k: int, allowed: np.ndarr
 
 # -- the queries ------------------------------------------------------------------------------
 
-def topk(ctx: Context, view: str, neurons: np.ndarray, k: int, agg: Aggregation, lowest: bool,
+def topk(ctx: QuerySession, view: str, neurons: np.ndarray, k: int, agg: Aggregation, lowest: bool,
          allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, QueryStats]:
     """Top-k (or bottom-k) inputs of a neuron group by a monotone aggregation."""
     t0 = time.perf_counter()
@@ -337,7 +337,7 @@ def topk(ctx: Context, view: str, neurons: np.ndarray, k: int, agg: Aggregation,
     return ids, (-keys if lowest else keys), stats
 
 
-def knn(ctx: Context, view: str, neurons: np.ndarray, k: int, target: np.ndarray, metric: str,
+def knn(ctx: QuerySession, view: str, neurons: np.ndarray, k: int, target: np.ndarray, metric: str,
         allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, QueryStats]:
     """The k inputs nearest to `target` (the group's activations, shape (g,)) by `metric`."""
     t0 = time.perf_counter()

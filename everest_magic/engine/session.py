@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -12,20 +12,22 @@ import numpy as np
 import torch
 
 from . import query as Q
-from .build import (DEFAULT_MEMORY, DEFAULT_MIN_LIST, DEFAULT_RATIO, DEFAULT_SCHEME, SIZE_BUDGET, build_views,
-                    extend_views)
+from .build import build_views, extend_views
 from .cache import ActivationCache
-from .data import Collate, DataAdapter, concat_data
-from .errors import QueryError, UnknownNameError
+from .config import SessionConfig
+from .data import DataAdapter, concat_data
+from .errors import QueryError, UnknownNameError, about
 from .jobs import Job, JobManager
-from .model import Forward, Runner, model_fingerprint
+from .model import Runner, model_fingerprint
 from .result import QueryStats, Result
+from .source import ActivationSource
 from .store import IndexStore, ViewInfo
 from .views import REDUCTIONS, View, ViewFn
 
 NeuronSpec = Any  # int, tuple of ints, or a sequence of those
 WALK_NEED = 32    # inputs a typical threshold walk recomputes (sizes its first batch)
 WALK_PLANS = (8, 32, 128)   # first batch of a walk: one of these, so that a plan is reproducible
+HISTORY_LIMIT = 100   # results a session keeps in `history`, the oldest dropped first
 
 
 class Session:
@@ -52,45 +54,43 @@ class Session:
     on its workers; the model goes to each worker once, pickled, or as its state dict and
     `model_factory()`; `load_shard(start, stop)` loads inputs start..stop on a worker instead
     of sending them. See docs/scaling.md.
+
+    `source` (an `ActivationSource`) gives activations by input id to queries and inspection;
+    `history` keeps the latest `HISTORY_LIMIT` (100) query results.
     """
 
     def __init__(self, model: torch.nn.Module, data: Any, index: str | os.PathLike | None = None, *,
-                 labels: Sequence | np.ndarray | None = None, collate: Collate | None = None,
-                 forward: Forward | None = None, device: str = "auto", batch_size: int = 64,
-                 memory_budget: int = DEFAULT_MEMORY, cache_bytes: int = 512 << 20,
-                 partitions: int | None = None, ratio: float = DEFAULT_RATIO, scheme: str = DEFAULT_SCHEME,
-                 min_list: int = DEFAULT_MIN_LIST, size_budget: float = SIZE_BUDGET,
-                 index_cache_bytes: int = 64 << 20,
-                 tolerance: float = 1e-5, lazy: bool = True, rebuild: bool = False,
-                 data_fingerprint: str | None = None, name: str = "default", jobs: JobManager | None = None,
-                 cluster: Any = None, model_factory: Any = None, load_shard: Any = None):
+                 jobs: JobManager | None = None, **options: Any):
+        """`options`: the fields of `SessionConfig` (labels, batch_size, partitions, ...)."""
+        config = SessionConfig.of(options)
         if not isinstance(model, torch.nn.Module):
-            raise QueryError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise QueryError(f"batch_size must be an int >= 1, got {batch_size!r}")
+            raise QueryError(f"model must be a torch.nn.Module, got {type(model).__name__}", param="model")
         if index is not None and not isinstance(index, (str, os.PathLike)):
-            raise QueryError(f"index must be the path of a folder (str or Path), got {type(index).__name__} {index!r}")
-        self.name = name
-        self.data = DataAdapter(data, collate, data_fingerprint)
+            raise QueryError(f"index must be the path of a folder (str or Path), got {type(index).__name__} {index!r}",
+                             param="index")
+        self.config = config
+        self.name = config.name
+        self.data = DataAdapter(data, config.collate, config.data_fingerprint)
         self.n = len(self.data)
         if self.n == 0:
             raise QueryError("the dataset is empty")
-        self.labels = None if labels is None else np.asarray(labels)
+        self.labels = None if config.labels is None else np.asarray(config.labels)
         if self.labels is not None and len(self.labels) != self.n:
-            raise QueryError(f"{len(self.labels)} labels for {self.n} inputs")
-        self.runner = Runner(model, self.data, device=device, batch_size=batch_size, forward=forward)
+            raise QueryError(f"{len(self.labels)} labels for {self.n} inputs", param="labels")
+        self.runner = Runner(model, self.data, device=config.device, batch_size=config.batch_size,
+                             forward=config.forward)
         self.cluster = None
-        if cluster is not None:
+        if config.cluster is not None:
             from .cluster import Cluster
-            self.cluster = Cluster(cluster, self.runner, self.data, model_factory=model_factory,
-                                   load_shard=load_shard, device=device)
+            self.cluster = Cluster(config.cluster, self.runner, self.data, model_factory=config.model_factory,
+                                   load_shard=config.load_shard, device=config.device)
             self.runner.remote = self.cluster
-        self.cache = ActivationCache(cache_bytes)
-        self.memory_budget = memory_budget
-        self.partitions, self.size_budget = partitions, float(size_budget)
-        self.ratio, self.scheme, self.min_list = ratio, scheme, int(min_list)
-        self.tolerance = tolerance
-        self.lazy = lazy
+        self.cache = ActivationCache(config.cache_bytes)
+        self.memory_budget = config.memory_budget
+        self.partitions, self.size_budget = config.partitions, float(config.size_budget)
+        self.ratio, self.scheme, self.min_list = config.ratio, config.scheme, int(config.min_list)
+        self.tolerance = config.tolerance
+        self.lazy = config.lazy
         self._tmpdir = None
         if index is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="everest-")
@@ -98,18 +98,15 @@ class Session:
         self.index_path = Path(index)
         self.model_fingerprint = model_fingerprint(model)
         self.store = IndexStore(self.index_path, self.model_fingerprint, self.data.fingerprint(), self.n,
-                                cache_bytes=index_cache_bytes, rebuild=rebuild)
-        # view -> (batch sizes bit-identical to batch_size, (c0, c1): seconds a batch = c0 + c1 * size)
-        self._batching: dict[str, tuple[tuple[int, ...], tuple[float, float]]] = {}
-        self._check_rows: dict[str, int] = {}   # rows each view's batch-size check ran
+                                cache_bytes=config.index_cache_bytes, rebuild=config.rebuild)
+        self.source = ActivationSource(self.runner, self.cache)   # activations by id, under the model lock
         self._custom: dict[str, View] = {}
         self._layer_shapes: dict[str, tuple | None] = {}   # layer -> output shape of one input
-        self._model_lock = threading.RLock()
         self._build_lock = threading.RLock()
         self._builds: dict[str, Job] = {}   # view -> the latest background build that makes it
         self._own_jobs = jobs is None
         self.jobs = jobs or JobManager()
-        self.history: list[Result] = []
+        self.history: deque[Result] = deque(maxlen=HISTORY_LIMIT)   # the latest query results
 
     # -- views and layers ---------------------------------------------------------------
     def add_view(self, name: str, layer: str, fn: ViewFn) -> View:
@@ -124,14 +121,14 @@ class Session:
         if isinstance(name, View):
             return name
         if not isinstance(name, str) or not name:
-            raise QueryError(f"a view is a layer name such as 'conv2' or 'conv2:mean', got {name!r}")
+            raise QueryError(f"a view is a layer name such as 'conv2' or 'conv2:mean', got {name!r}", param="view")
         if name in self._custom:
             return self._custom[name]
         v = View.parse(name)
         if v.layer not in self.runner.modules:
-            raise UnknownNameError("layer", v.layer, list(self.runner.modules) + list(self._custom))
+            raise UnknownNameError("layer", v.layer, list(self.runner.modules) + list(self._custom), param="view")
         if v.reduce is not None and v.reduce not in REDUCTIONS:
-            raise UnknownNameError("view reduction", v.reduce, REDUCTIONS)
+            raise UnknownNameError("view reduction", v.reduce, REDUCTIONS, param="view")
         if v.reduce is not None and name not in self.store.views:
             self._check_reduction(v)
         return v
@@ -140,23 +137,23 @@ class Session:
         """Refuse a channel view of a layer without channels, or a token view of a layer whose
         output is not (tokens, features) per input (one forward pass of one input per layer)."""
         if v.layer not in self._layer_shapes:
-            self._layer_shapes[v.layer] = self._locked(self.runner.layer_shapes, [v.layer]).get(v.layer)
+            self._layer_shapes[v.layer] = self.source.locked(self.runner.layer_shapes, [v.layer]).get(v.layer)
         shape = self._layer_shapes[v.layer]
         if shape is None:   # not a tensor output: a custom view decides
             return
         if v.reduce in ("mean", "max") and len(shape) < 2:
             raise QueryError(f"view {v.name!r} does not fit layer {v.layer!r}: ':{v.reduce}' reduces each channel over "
                              f"space and needs an output of shape (channels, ...) per input, but {v.layer!r} gives "
-                             f"{shape}; use {v.layer!r} (one neuron per output element)")
+                             f"{shape}; use {v.layer!r} (one neuron per output element)", param="view")
         if v.reduce in ("token_mean", "token_max") and len(shape) != 2:
             other = f"{v.layer!r} or '{v.layer}:mean' (channel means)" if len(shape) > 2 else repr(v.layer)
             raise QueryError(f"view {v.name!r} does not fit layer {v.layer!r}: ':{v.reduce}' reduces over tokens and "
                              f"needs an output of shape (tokens, features) per input, but {v.layer!r} gives {shape}; "
-                             f"use {other}")
+                             f"use {other}", param="view")
 
     def layers(self) -> list[dict]:
         """Every module path with its type, output shape (of one input) and indexed views."""
-        shapes = self._locked(self.runner.layer_shapes)
+        shapes = self.source.locked(self.runner.layer_shapes)
         indexed = self.store.views
         rows = []
         for name, mod in self.runner.modules.items():
@@ -173,7 +170,7 @@ class Session:
         v = self.view(view)
         if v.name in self.store.views:
             return self.store.views[v.name].shape
-        return self._locked(self.runner.view_shapes, [v])[0]
+        return self.source.view_shapes([v])[0]
 
     # -- building -------------------------------------------------------------------------
     def build_index(self, views: str | Iterable[str], wait: bool = False, *, partitions: int | None = None,
@@ -201,7 +198,7 @@ class Session:
                 todo = [v for v in vs if rebuild or v.name not in self.store.views]
                 stats = {v.name: {"skipped": "already indexed"} for v in vs if v not in todo}
                 if todo:
-                    runner = _LockedRunner(self.runner, self._model_lock)
+                    runner = self.source.locked_runner()
                     built = build_views(runner, self.store, todo, job, partitions=P, ratio=r, scheme=sch,
                                         memory_budget=self.memory_budget, min_list=self.min_list,
                                         size_budget=self.size_budget, rebuild=rebuild, cluster=self.cluster)
@@ -246,13 +243,13 @@ class Session:
                 self.store.refresh()
                 views = [self.view(name) for name in self.store.views]
                 start, old = self.n, self.data
-                with self._model_lock:
+                with self.source.lock:
                     self.runner.data = adapter
                 try:
-                    stats = extend_views(_LockedRunner(self.runner, self._model_lock), self.store, views, start,
+                    stats = extend_views(self.source.locked_runner(), self.store, views, start,
                                          adapter.fingerprint(), job, memory_budget=self.memory_budget)
                 except BaseException:
-                    with self._model_lock:
+                    with self.source.lock:
                         self.runner.data = old
                     raise
                 self.data, self.n = adapter, len(adapter)
@@ -281,10 +278,19 @@ class Session:
             return True
         if not os.access(self.index_path if self.index_path.exists() else self.index_path.parent, os.W_OK):
             raise QueryError(f"view {name!r} is not in the index and the index {str(self.index_path)!r} is "
-                             f"read-only; indexed views: {sorted(self.store.views) or 'none'}")
+                             f"read-only; indexed views: {sorted(self.store.views) or 'none'}", param="view")
         if not self.lazy:
-            raise QueryError(f"view {name!r} is not indexed; run session.build_index([{name!r}])")
+            raise QueryError(f"view {name!r} is not indexed; run session.build_index([{name!r}])", param="view")
         return False
+
+    def is_indexed(self, view: str) -> bool:
+        """Is the view named `view` complete in the index (as last read; no refresh, no check of the name)?"""
+        return view in self.store.views
+
+    def pending_build(self, view: str) -> Job | None:
+        """The background build (`build_index`) that is making the view named `view`, if one is running."""
+        job = self._builds.get(view)
+        return job if job is not None and not job.is_done() else None
 
     def ensure_indexed(self, view: str) -> ViewInfo:
         """The view's index, building it now when missing and the session is lazy."""
@@ -301,36 +307,8 @@ class Session:
     # -- activations ------------------------------------------------------------------------
     def batch_sizes(self, view: str) -> tuple[int, ...]:
         """Batch sizes (ascending, the last is `batch_size`) that give a view's activations bit
-        for bit as the full batch does; queries recompute in these. Checked once per view on
-        real inputs: the same rows computed in a full batch and in batches of B/2, B/4, ... 1
-        (down to the first size that differs). The same runs time a batch of each size."""
-        return self._batch_check(view)[0]
-
-    def _batch_check(self, view: str) -> tuple[tuple[int, ...], tuple[float, float]]:
-        v = self.view(view)
-        if v.name not in self._batching:
-            self._batching[v.name] = self._locked(self._check_sizes, v)
-        return self._batching[v.name]
-
-    def _check_sizes(self, v: View) -> tuple[tuple[int, ...], tuple[float, float]]:
-        B = self.runner.batch_size
-        ids = np.random.default_rng(0).permutation(self.n)[:B]
-        ref, t = _timed(self.runner.views, [v], ids, (B,))
-        ref = ref[0].view(np.uint32)
-        ok, timings = [B], [(B, t)]
-        rows = B
-        size = 1 << ((B - 1).bit_length() - 1) if B > 1 else 0   # the largest power of two below B
-        while size >= 1:
-            c = min(len(ids), max(2 * size, 8))
-            got, t = _timed(self.runner.views, [v], ids[:c], (size,))
-            rows += -(-c // size) * size
-            timings.append((size, t / -(-c // size)))
-            if not np.array_equal(got[0].view(np.uint32), ref[:c]):
-                break
-            ok.append(size)
-            size //= 2
-        self._check_rows[v.name] = rows
-        return tuple(sorted(ok)), _batch_cost(timings)
+        for bit as the full batch does; queries recompute in these (`ActivationSource.batch_sizes`)."""
+        return self.source.batch_sizes(self.view(view))
 
     def walk_plan(self, view: str) -> int:
         """The first batch of a view's threshold walks: of WALK_PLANS (8, 32, 128), the one
@@ -339,8 +317,9 @@ class Session:
         c0 + c1 * size), then the smallest allowed size that holds it. The plan is chosen once,
         when the view is built (or first queried), and kept in the index, so every session on
         the same index and model walks in the same batches."""
-        sizes, (c0, c1) = self._batch_check(view)
-        name = self.view(view).name
+        v = self.view(view)
+        sizes, (c0, c1) = self.source.batch_sizes(v), self.source.batch_cost(v)
+        name = v.name
         info = self.store.views.get(name)
         plan = info.query.get("walk_first") if info is not None else None
         if plan not in WALK_PLANS:
@@ -368,39 +347,17 @@ class Session:
 
     def fetch(self, view: str, ids: np.ndarray, stats: QueryStats | None = None) -> np.ndarray:
         """Activations (len(ids), m) of a view, from the cache or recomputed in batches."""
-        ids = np.asarray(ids, np.int64)
-        v = self.view(view)
-        found, rows = self.cache.get(v.name, ids)
-        out = None
-        if rows is not None:
-            out = np.empty((len(ids), rows.shape[1]), np.float32)
-            out[found] = rows
-        missing = ids[~found]
-        if len(missing):
-            checked = v.name in self._batching
-            sizes = self.batch_sizes(v.name)
-            new = self._locked(self.runner.views, [v], missing, sizes)[0]
-            self.cache.put(v.name, missing, new)
-            if out is None:
-                out = np.empty((len(ids), new.shape[1]), np.float32)
-            out[~found] = new
-            if stats is not None:
-                stats.inputs_recomputed += len(missing)
-                stats.batches += -(-len(missing) // sizes[-1])
-                stats.rows_run += padded_rows(len(missing), sizes) + (0 if checked else self._check_rows.get(v.name, 0))
-        if stats is not None:
-            stats.inputs_from_cache += int(found.sum())
-        return out
+        return self.source.fetch(self.view(view), ids, stats)
 
     def activations(self, view: str, ids: int | Sequence[int] | np.ndarray) -> np.ndarray:
         """Activations of inputs `ids` in a view, float32 (len(ids), neurons)."""
-        ids = self._ids(ids)
+        ids = self.input_ids(ids)
         return self.fetch(view, ids)
 
     def top_neurons(self, input_id: int, view: str, count: int = 10) -> np.ndarray:
         """Flat ids of the `count` most activated neurons of one input (ties: smaller id)."""
-        row = self.activations(view, [self._target_id(input_id)])[0]
-        count = self._k(count)
+        row = self.activations(view, [self.input_id(input_id)])[0]
+        count = check_k(count)
         return np.lexsort((np.arange(len(row)), -row))[:count]
 
     def external_activations(self, view: str, x: Any) -> np.ndarray:
@@ -414,11 +371,12 @@ class Session:
             if tuple(x.shape) != want and tuple(x.shape) == (1,) + want:
                 x = x[0]
             if tuple(x.shape) != want:
-                raise QueryError(f"target tensor has shape {tuple(x.shape)}; an input of this dataset has shape {want}")
+                raise QueryError(f"target tensor has shape {tuple(x.shape)}; an input of this dataset has shape {want}",
+                                 param="target")
             x = _like(x, torch.as_tensor(sample).dtype)
         items = [x] * self.batch_sizes(v.name)[0]
         batch = self.data.collate(items) if self.data.collate else torch.stack([torch.as_tensor(i) for i in items])
-        outs = self._locked(self.runner.capture, [v.layer], batch)
+        outs = self.source.capture([v.layer], batch)
         return v.apply(outs[v.layer], batch)[0].cpu().numpy()
 
     # -- queries ------------------------------------------------------------------------------
@@ -431,10 +389,10 @@ class Session:
         boolean mask over inputs) allowed in the answer.
         """
         v = self.view(view)
-        k = self._k(k)
+        k = check_k(k)
         group = self.neuron_ids(v.name, neurons)   # every argument is checked before a build
         agg = Q.make_aggregation(by, len(group))
-        allowed = self._allowed(filter)
+        allowed = self.allowed(filter)
         self.ensure_indexed(v.name)
         ids, scores, stats = Q.topk(self, v.name, group, k, agg, lowest, allowed)
         params = {"by": agg.label if agg.weights is None else list(agg.weights), "k": k, "filter": filter is not None}
@@ -455,16 +413,17 @@ class Session:
         "linf" (exact, index-accelerated) or "cosine" (exact scan).
         """
         v = self.view(view)
-        k = self._k(k)
+        k = check_k(k)
         group = self.neuron_ids(v.name, neurons)   # every argument is checked before a build
-        allowed = self._allowed(filter)
+        allowed = self.allowed(filter)
         Q.check_metric(metric)
         if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-            self._target_id(target)
+            with about("target"):
+                self.input_id(target)
         self.ensure_indexed(v.name)
         pre = QueryStats(n=self.n)
         if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-            tid = self._target_id(target)
+            tid = self.input_id(target)
             trow = self.fetch(v.name, np.array([tid]), pre)[0]
             if not include_target:
                 allowed = allowed.copy()
@@ -476,14 +435,14 @@ class Session:
             if len(bad):
                 raise QueryError(f"the external target gives NaN or infinite activations at neurons "
                                  f"{_some(bad)} of view {v.name!r}; no distance to it is defined: check the "
-                                 "target tensor (NaN, inf or values far outside the data's range)")
+                                 "target tensor (NaN, inf or values far outside the data's range)", param="target")
             pre.inputs_recomputed += 1
             pre.batches += 1
             pre.rows_run += self.batch_sizes(v.name)[0]
             target_desc = "external"
         else:
             raise QueryError(f"knn target must be an input id (int in [0, {self.n})) or an input tensor, "
-                             f"got {type(target).__name__}")
+                             f"got {type(target).__name__}", param="target")
         ids, scores, stats = Q.knn(self, v.name, group, k, trow[group], metric, allowed)
         stats.inputs_recomputed += pre.inputs_recomputed
         stats.inputs_from_cache += pre.inputs_from_cache
@@ -501,7 +460,7 @@ class Session:
         if isinstance(neurons, (str, bytes)) or not isinstance(neurons, (int, np.integer, Iterable)):
             hint = f"; write {int(neurons)}" if isinstance(neurons, float) and neurons.is_integer() else ""
             raise QueryError(f"neurons must be a neuron index (int), an index tuple or a list of them, got "
-                             f"{neurons!r} ({type(neurons).__name__}){hint}")
+                             f"{neurons!r} ({type(neurons).__name__}){hint}", param="neurons")
         shape = tuple(shape if shape is not None else self.shape(view))
         m = int(np.prod(shape))
         if isinstance(neurons, (int, np.integer)) or (isinstance(neurons, tuple) and all(isinstance(x, (int, np.integer)) for x in neurons) and len(neurons) == len(shape) and len(shape) > 1):
@@ -510,36 +469,34 @@ class Session:
         for item in neurons:
             if isinstance(item, (tuple, list)):
                 if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in item):
-                    raise QueryError(f"neuron {tuple(item)}: the indices of a tuple must be ints")
+                    raise QueryError(f"neuron {tuple(item)}: the indices of a tuple must be ints", param="neurons")
                 if len(item) != len(shape):
-                    raise QueryError(f"neuron {tuple(item)} has {len(item)} indices; view {view!r} has shape {shape}")
+                    raise QueryError(f"neuron {tuple(item)} has {len(item)} indices; view {view!r} has shape {shape}",
+                                     param="neurons")
                 for ax, (i, s) in enumerate(zip(item, shape)):
                     if not 0 <= int(i) < s:
-                        raise QueryError(f"neuron {tuple(item)}: index {i} on axis {ax} is out of range [0, {s}) for view {view!r} of shape {shape}")
+                        raise QueryError(f"neuron {tuple(item)}: index {i} on axis {ax} is out of range [0, {s}) for view {view!r} of shape {shape}",
+                                         param="neurons")
                 out.append(int(np.ravel_multi_index(tuple(int(i) for i in item), shape)))
             elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
                 if not 0 <= int(item) < m:
-                    raise QueryError(f"neuron {item} is out of range: view {view!r} has {m} neurons (shape {shape})")
+                    raise QueryError(f"neuron {item} is out of range: view {view!r} has {m} neurons (shape {shape})",
+                                     param="neurons")
                 out.append(int(item))
             else:
-                raise QueryError(f"a neuron must be an int or an index tuple, got {item!r}")
+                raise QueryError(f"a neuron must be an int or an index tuple, got {item!r}", param="neurons")
         if not out:
-            raise QueryError("the neuron group is empty")
+            raise QueryError("the neuron group is empty", param="neurons")
         return np.asarray(out, np.int64)
 
-    def _k(self, k: Any) -> int:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise QueryError(f"k must be a positive int, got {k!r}")
-        if k <= 0:
-            raise QueryError(f"k must be >= 1, got {k}")
-        return int(k)
-
-    def _target_id(self, i: Any) -> int:
+    def input_id(self, i: Any) -> int:
+        """One input id as an int, checked to lie in [0, n) (QueryError otherwise)."""
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= int(i) < self.n:
             raise QueryError(f"input id {i!r} is out of range [0, {self.n})")
         return int(i)
 
-    def _ids(self, ids: Any) -> np.ndarray:
+    def input_ids(self, ids: Any) -> np.ndarray:
+        """Input ids (an int or a flat collection of ints) as int64, checked to lie in [0, n)."""
         arr = _flat(ids)
         if arr.dtype.kind not in "iu":
             raise QueryError(f"input ids must be integers, got {arr.dtype}")
@@ -547,16 +504,18 @@ class Session:
             raise QueryError(f"input ids must lie in [0, {self.n})")
         return arr.astype(np.int64)
 
-    def _allowed(self, filter: Any) -> np.ndarray:
+    def allowed(self, filter: Any) -> np.ndarray:
+        """The boolean mask over inputs of a query's `filter`: None (every input), input ids or a mask."""
         if filter is None:
             return np.ones(self.n, bool)
         arr = _flat(filter)
         if arr.dtype == bool:
             if arr.shape != (self.n,):
-                raise QueryError(f"a boolean filter needs one entry per input ({self.n}), got shape {arr.shape}")
+                raise QueryError(f"a boolean filter needs one entry per input ({self.n}), got shape {arr.shape}",
+                                 param="filter")
             return arr.copy()
         allowed = np.zeros(self.n, bool)
-        allowed[self._ids(arr)] = True
+        allowed[self.input_ids(arr)] = True
         return allowed
 
     def _result(self, kind, view, group, ids, scores, stats, params) -> Result:
@@ -570,10 +529,6 @@ class Session:
         """Forget recomputed activations and decoded index rows (the next query starts cold)."""
         self.cache.clear()
         self.store.rows.clear()
-
-    def _locked(self, fn, *args):
-        with self._model_lock:
-            return fn(*args)
 
     def close(self) -> None:
         """Close the index file (and stop the session's own job queues)."""
@@ -599,6 +554,15 @@ class Session:
                 f"{self.n} inputs, index {str(self.index_path)!r} ({len(self.store.views)} views)>")
 
 
+def check_k(k: Any) -> int:
+    """A query's `k` as an int, checked to be >= 1 (QueryError otherwise)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise QueryError(f"k must be a positive int, got {k!r}", param="k")
+    if k <= 0:
+        raise QueryError(f"k must be >= 1, got {k}", param="k")
+    return int(k)
+
+
 def _like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """An external input in the dataset's dtype: converted within floats (or within ints),
     refused across kinds (a uint8 image is not on the scale of float data)."""
@@ -607,7 +571,7 @@ def _like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if x.is_floating_point() == dtype.is_floating_point and x.dtype != torch.bool and dtype != torch.bool:
         return x.to(dtype)
     raise QueryError(f"target tensor has dtype {x.dtype}; an input of this dataset is {dtype}: convert it the way the "
-                     f"dataset was made (e.g. x.float() / 255 for 8-bit images scaled to [0, 1])")
+                     f"dataset was made (e.g. x.float() / 255 for 8-bit images scaled to [0, 1])", param="target")
 
 
 def _some(values: np.ndarray, n: int = 10) -> str:
@@ -632,46 +596,3 @@ def _flat(ids: Any) -> np.ndarray:
 def _short(value: Any, n: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= n else text[:n - 3] + "..."
-
-
-def padded_rows(count: int, sizes: Sequence[int]) -> int:
-    """Rows the model runs for `count` inputs in batches of the allowed `sizes` (as Runner.views
-    does: full batches of the largest, then the smallest size that holds the rest)."""
-    big = max(sizes)
-    rest = count % big
-    return count - rest + (next(b for b in sorted(sizes) if b >= rest) if rest else 0)
-
-
-def _timed(fn, *args):
-    t0 = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - t0
-
-
-def _batch_cost(timings: list[tuple[int, float]]) -> tuple[float, float]:
-    """(c0, c1): a least-squares fit of seconds a batch = c0 + c1 * size (both >= 0)."""
-    b, t = np.array(timings, np.float64).T
-    if len(set(b.tolist())) < 2:
-        return 0.0, max(float(t.mean()), 1e-9) / max(float(b.mean()), 1.0)
-    c1, c0 = np.polyfit(b, t, 1)
-    return max(float(c0), 0.0), max(float(c1), 1e-9)
-
-
-class _LockedRunner:
-    """A Runner whose forward passes take the session's model lock one batch at a time."""
-
-    def __init__(self, runner: Runner, lock: threading.RLock):
-        self._runner, self._lock = runner, lock
-        self.data, self.batch_size, self.device = runner.data, runner.batch_size, runner.device
-
-    def views(self, views, ids, sizes=None):
-        with self._lock:
-            return self._runner.views(views, ids, sizes)
-
-    def view_tensors(self, views, ids, sizes=None):
-        with self._lock:
-            return self._runner.view_tensors(views, ids, sizes)
-
-    def view_shapes(self, views):
-        with self._lock:
-            return self._runner.view_shapes(views)

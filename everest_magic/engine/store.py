@@ -139,12 +139,12 @@ class ViewInfo:
     key: str
     definition: dict
     shape: tuple
-    n: int
-    m: int
-    P: int
+    n: int                 # inputs indexed
+    neurons: int           # neurons of the view (m, the rows of every array)
+    partitions: int        # partitions of each neuron's values (P)
     scheme: str
-    ratio: float
-    t: int
+    list_fraction: float   # the build's list ratio: lists of ceil(list_fraction * n) inputs, at least min_list
+    list_length: int       # entries of each neuron's top and of its bottom list (t)
     build: dict
     bytes_on_disk: int
     list_rows: int = 1     # neurons a chunk of the top and bottom lists holds
@@ -154,11 +154,20 @@ class ViewInfo:
     @property
     def full_bytes(self) -> int:
         """Size of the view fully materialised as float32."""
-        return self.n * self.m * 4
+        return self.n * self.neurons * 4
 
     @property
     def size_ratio(self) -> float:
+        """Bytes on disk over `full_bytes`."""
         return self.bytes_on_disk / max(self.full_bytes, 1)
+
+    def to_json(self) -> dict:
+        """The view as `%everest status`, the index table and the sidebar show it (JSON-ready;
+        mirrored by `IView` in labextension/model.ts)."""
+        return {"name": self.name, "neurons": self.neurons, "inputs": self.n, "partitions": self.partitions,
+                "scheme": self.scheme, "list_length": self.list_length, "list_fraction": self.list_fraction,
+                "bytes": self.bytes_on_disk, "full_bytes": self.full_bytes, "size_ratio": self.size_ratio,
+                "files": len(self.segments), "build_seconds": float(self.build.get("seconds_total", 0.0))}
 
     def to_manifest(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k not in ("segments", "n", "bytes_on_disk")}
@@ -168,10 +177,14 @@ class ViewInfo:
 
     @staticmethod
     def from_manifest(d: dict, n: int) -> "ViewInfo":
+        """A view from its manifest entry (also one written with the keys before the renames)."""
         segs = [Segment(**s) for s in d["segments"]]
-        fields = {k: v for k, v in d.items() if k != "segments"}
+        fields = {OLD_MANIFEST_KEYS.get(k, k): v for k, v in d.items() if k != "segments"}
         fields["shape"] = tuple(fields["shape"])
         return ViewInfo(**fields, n=n, bytes_on_disk=sum(s.bytes for s in segs), segments=segs)
+
+
+OLD_MANIFEST_KEYS = {"m": "neurons", "P": "partitions", "ratio": "list_fraction", "t": "list_length"}
 
 
 class RowCache:
@@ -442,7 +455,7 @@ class IndexStore:
         info = self.view(name)
         seg = info.segments[-1]
         with self._reading(info, seg) as h:
-            return {k: h.get_node(f"/{k}")[:][:, :info.t] for k in ("top_ids", "top_vals", "bot_ids", "bot_vals")}
+            return {k: h.get_node(f"/{k}")[:][:, :info.list_length] for k in ("top_ids", "top_vals", "bot_ids", "bot_vals")}
 
     def verify(self, name: str) -> None:
         """Read every array of a view, checking every checksum (an IndexFormatError if damaged)."""
@@ -655,11 +668,12 @@ class ViewWriter:
     The file is `<key>.<token>.h5.partial` until published; `abort()` removes it.
     """
 
-    def __init__(self, store: IndexStore, name: str, *, definition: dict, shape: tuple, m: int, start: int,
-                 stop: int, P: int, scheme: str, fractions: np.ndarray, ratio: float, t: int, width: int,
-                 cuts: np.ndarray, need_bytes: int = 0):
+    def __init__(self, store: IndexStore, name: str, *, definition: dict, shape: tuple, neurons: int, start: int,
+                 stop: int, partitions: int, scheme: str, fractions: np.ndarray, list_fraction: float,
+                 list_length: int, width: int, cuts: np.ndarray, need_bytes: int = 0):
         self.store, self.name = store, name
-        self.settings = dict(definition=definition, shape=tuple(shape), m=m, P=P, scheme=scheme, ratio=ratio, t=t)
+        self.settings = dict(definition=definition, shape=tuple(shape), neurons=neurons, partitions=partitions,
+                             scheme=scheme, list_fraction=list_fraction, list_length=list_length)
         self.start, self.stop, self.width = start, stop, max(1, min(width, stop - start))
         self.need = need_bytes
         key = view_key(name)
@@ -675,11 +689,11 @@ class ViewWriter:
                 a = self.h.root._v_attrs
                 a["format_version"], a["name"] = FORMAT_VERSION, name
                 a["start"], a["stop"] = start, stop
-                dtype = pid_dtype(P)
-                self.pids = self.h.create_carray("/", "pids", tables.Atom.from_dtype(dtype), (m, stop - start),
+                dtype = pid_dtype(partitions)
+                self.pids = self.h.create_carray("/", "pids", tables.Atom.from_dtype(dtype), (neurons, stop - start),
                                                  chunkshape=(1, self.width), filters=int_filters(dtype))
                 c = np.ascontiguousarray(cuts, np.float32)
-                self.h.create_carray("/", "cuts", obj=c if c.size else np.zeros((m, 1), np.float32),
+                self.h.create_carray("/", "cuts", obj=c if c.size else np.zeros((neurons, 1), np.float32),
                                      filters=CHECKED_FLOATS)
         except (OSError, tables.HDF5ExtError) as e:
             self.abort()
@@ -706,7 +720,7 @@ class ViewWriter:
     def finish(self, arrays: dict[str, np.ndarray], build: dict) -> None:
         """Write counts, bounds, lists and checksums; close and sync the file."""
         self.build = build
-        m, t = self.settings["m"], self.settings["t"]
+        m, t = self.settings["neurons"], self.settings["list_length"]
         tt = max(t, 1)
         self.list_rows = min(m, max(1, 4096 // tt))    # ~16 KB chunks: cheap to read
         try:

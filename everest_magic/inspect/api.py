@@ -1,24 +1,23 @@
 """`inspect`, `run_inspect` and `inspect_job`: which units of a layer track a hypothesis, and how strongly."""
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
 import pandas as pd
 
 from ..engine.errors import UnknownNameError
 from ..engine.jobs import Job
-from .plan import Options, build_plan
+from .plan import InspectOptions, build_plan
 from .scorer import run_plan
 
 PLAN_ARGS = ("units", "tokenizer", "filter")
 
 
 def _check_names(options: dict) -> None:
-    valid = [f.name for f in fields(Options) if f.name != "growth"] + list(PLAN_ARGS)
+    valid = InspectOptions.names() + list(PLAN_ARGS)
     for k in options:
         if k not in valid:
-            raise UnknownNameError("inspect option", k, valid)
+            raise UnknownNameError("inspect option", k, valid, param=k)
 
 
 Models = Any   # a Session, a dict name -> Session, or a list of Sessions (named by `.name`)
@@ -26,11 +25,8 @@ Views = Any    # a view name, a list of them, or a dict model name -> view name(
 
 
 def run_inspect(sessions: Models, views: Views, hypotheses: Any, measures: Any = "auto", *,
-                units: Any = None, tokenizer: Any = None, filter: Any = None, epsilon: float = 0.05,
-                confidence: float = 0.95, top: int = 5, patience: int | None = 3, min_inputs: int = 500,
-                max_inputs: int | None = 10_000, early_stop: bool = True, bins: int = 10, q: float = 0.005,
-                holdout: float = 0.2, seed: int = 0, chunk: int | None = None, job: Job | None = None,
-                ) -> pd.DataFrame:
+                units: Any = None, tokenizer: Any = None, filter: Any = None, job: Job | None = None,
+                **options: Any) -> pd.DataFrame:
     """Score every unit of `views` against every hypothesis with every measure, on this thread.
 
     - `sessions`: one Session, or several models over the same data: a dict name -> Session
@@ -50,19 +46,18 @@ def run_inspect(sessions: Models, views: Views, hypotheses: Any, measures: Any =
     - `units`: all units (None), a list for every view, or a dict view -> list.
     - `tokenizer`: needed by token hypotheses (the tokenizer the model's collate uses).
     - `filter`: the inputs to consider (ids or a boolean mask); default all.
-    - Early stopping (`early_stop=True`): from `min_inputs` on, stop once every confidence
-      interval (at `confidence`) is narrower than `epsilon`, or the `top` units of every score
-      list stayed the same for `patience` checkpoints (None: never on that ground).
-      `max_inputs` caps the sample (None: no cap). `bins`: quantile bins of mi; `q`: the top
-      quantile of iou; `holdout`, `seed`: the probe's split by input and the shuffle.
+    - `options`: the fields of `InspectOptions` (their defaults are there). Early stopping
+      (`early_stop=True`): from `min_inputs` on, stop once every confidence interval (at
+      `confidence`) is narrower than `epsilon`, or the `top` units of every score list stayed
+      the same for `patience` checkpoints (None: never on that ground). `max_inputs` caps the
+      sample (None: no cap). `bins`: quantile bins of mi; `q`: the top quantile of iou;
+      `holdout`, `seed`: the probe's split by input and the shuffle.
 
     Returns the long DataFrame described in `everest_magic.inspect.results`.
     """
-    options = Options(epsilon=epsilon, confidence=confidence, top=top, patience=patience, min_inputs=min_inputs,
-                      max_inputs=max_inputs, early_stop=early_stop, bins=bins, q=q, holdout=holdout, seed=seed,
-                      chunk=chunk)
+    _check_names(options)
     plan = build_plan(sessions, views, hypotheses, measures, units=units, tokenizer=tokenizer, filter=filter,
-                      options=options)
+                      options=InspectOptions(**options))
     return run_plan(plan, job)
 
 
@@ -75,7 +70,7 @@ def inspect_job(sessions: Models, views: Views, hypotheses: Any, measures: Any =
     """
     _check_names(options)
     plan_args = {k: options.pop(k) for k in PLAN_ARGS if k in options}
-    plan = build_plan(sessions, views, hypotheses, measures, options=Options(**options), **plan_args)
+    plan = build_plan(sessions, views, hypotheses, measures, options=InspectOptions(**options), **plan_args)
     return plan.session.submit(lambda job: run_plan(plan, job), plan.description)
 
 

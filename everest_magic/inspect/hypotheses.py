@@ -14,17 +14,20 @@ Kinds: ``"numeric"``, ``"binary"`` or ``"categorical"``; inferred from values un
 other ints -> categorical up to 50 distinct values, numeric beyond).
 
 Outputs of function hypotheses are cached per session, keyed by (hypothesis, input id):
-a later inspection with the same hypothesis does not call the function again.
+a later inspection with the same hypothesis does not call the function again (within the
+cache's `CACHE_BYTES`, least recently used values dropped first).
 """
 from __future__ import annotations
 
 import hashlib
 import inspect as _pyinspect
+import sys
 import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import cachetools
 import numpy as np
 
 from ..engine.errors import QueryError
@@ -292,28 +295,45 @@ class Encoder:
 
 # -- the per-session cache of hypothesis outputs ----------------------------------------------------
 
-class HypothesisCache:
-    """(hypothesis key, input id) -> value, for one session."""
+CACHE_BYTES = 256 << 20   # the most a session's hypothesis cache holds
 
-    def __init__(self):
-        self._values: dict[str, dict[int, Any]] = {}
+
+class HypothesisCache:
+    """(hypothesis key, input id) -> value, for one session: a least-recently-used cache of at
+    most `max_bytes` (an array counts its bytes, another value `sys.getsizeof`, each entry 64 more)."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES):
+        self.max_bytes = int(max_bytes)
+        self._values: cachetools.LRUCache = cachetools.LRUCache(self.max_bytes, getsizeof=_entry_bytes)
         self._lock = threading.Lock()
 
     def get(self, key: str, i: int) -> Any:
+        """The value of hypothesis `key` on input `i`, or None when not cached."""
         with self._lock:
-            return self._values.get(key, {}).get(i)
+            return self._values.get((key, i))
 
     def put(self, key: str, i: int, value: Any) -> None:
+        """Keep a value (one larger than the whole cache is not kept)."""
+        if _entry_bytes(value) > self.max_bytes:
+            return
         with self._lock:
-            self._values.setdefault(key, {})[i] = value
+            self._values[(key, i)] = value
 
-    def count(self, key: str) -> int:
-        with self._lock:
-            return len(self._values.get(key, {}))
+    @property
+    def bytes(self) -> int:
+        """The bytes the cached values count for."""
+        return int(self._values.currsize)
+
+    def __len__(self) -> int:
+        return len(self._values)
 
     def clear(self) -> None:
         with self._lock:
             self._values.clear()
+
+
+def _entry_bytes(value: Any) -> int:
+    return 64 + (value.nbytes if isinstance(value, np.ndarray) else sys.getsizeof(value))
 
 
 _CACHES: "weakref.WeakKeyDictionary[Any, HypothesisCache]" = weakref.WeakKeyDictionary()

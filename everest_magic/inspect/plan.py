@@ -6,12 +6,13 @@ background work starts; errors are `QueryError`s (unknown names suggest the clos
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 import numpy as np
 
-from ..engine.errors import QueryError, UnknownNameError
+from ..engine.config import option, option_kind
+from ..engine.errors import QueryError, UnknownNameError, about
 from ..engine.session import Session
 from ..engine.views import View
 from . import library
@@ -43,46 +44,57 @@ def applicable(measure: str, level: str, kind: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class Options:
-    """Settings of one inspection (see `inspect` for their meaning)."""
+class InspectOptions:
+    """Settings of one inspection (see `run_inspect` for their meaning), declared once: the
+    magic's option lines and `inspect(**options)` are checked against these fields. Metadata:
+    the value kind the magic parses, `none` (the word none is allowed) and `min` (of an int;
+    default 1). `growth` (how fast the checkpoints space out) is internal."""
 
-    epsilon: float = 0.05
-    confidence: float = 0.95
-    top: int = 5
-    patience: int | None = 3
-    min_inputs: int = 500
-    max_inputs: int | None = 10_000
-    early_stop: bool = True
-    bins: int = 10
-    q: float = 0.005
-    holdout: float = 0.2
-    seed: int = 0
-    chunk: int | None = None
+    epsilon: float = option(0.05, "float")
+    confidence: float = option(0.95, "float")
+    top: int = option(5, "int")
+    patience: int | None = option(3, "int", none=True)
+    min_inputs: int = option(500, "int")
+    max_inputs: int | None = option(10_000, "int", none=True)
+    early_stop: bool = option(True, "bool")
+    bins: int = option(10, "int")
+    q: float = option(0.005, "float")
+    holdout: float = option(0.2, "float")
+    seed: int = option(0, "int", min=0)
+    chunk: int | None = option(None, "int", none=True)
     growth: float = 1.5
 
-    def check(self) -> "Options":
+    @classmethod
+    def names(cls) -> list[str]:
+        """The options a user sets (every field but the internal ones)."""
+        return [f.name for f in fields(cls) if option_kind(f)]
+
+    def check(self) -> "InspectOptions":
+        def bad(name: str, message: str) -> QueryError:
+            return QueryError(f"{name} {message}, got {getattr(self, name)!r}", param=name)
+
         if not self.epsilon > 0:
-            raise QueryError(f"epsilon must be > 0, got {self.epsilon!r}")
+            raise bad("epsilon", "must be > 0")
         if not 0 < self.confidence < 1:
-            raise QueryError(f"confidence must lie in (0, 1), got {self.confidence!r}")
+            raise bad("confidence", "must lie in (0, 1)")
         if self.top < 1:
-            raise QueryError(f"top must be >= 1, got {self.top!r}")
+            raise bad("top", "must be >= 1")
         if self.patience is not None and self.patience < 1:
-            raise QueryError(f"patience must be >= 1 or None, got {self.patience!r}")
+            raise bad("patience", "must be >= 1 or None")
         if self.min_inputs < 1:
-            raise QueryError(f"min_inputs must be >= 1, got {self.min_inputs!r}")
+            raise bad("min_inputs", "must be >= 1")
         if self.max_inputs is not None and self.max_inputs < 2:
-            raise QueryError(f"max_inputs must be >= 2 or None, got {self.max_inputs!r}")
+            raise bad("max_inputs", "must be >= 2 or None")
         if not 2 <= self.bins <= 1000:
-            raise QueryError(f"bins must lie in [2, 1000], got {self.bins!r}")
+            raise bad("bins", "must lie in [2, 1000]")
         if not 0 < self.q < 0.5:
-            raise QueryError(f"q (the IoU top quantile) must lie in (0, 0.5), got {self.q!r}")
+            raise bad("q", "(the IoU top quantile) must lie in (0, 0.5)")
         if not 0 < self.holdout < 1:
-            raise QueryError(f"holdout must lie in (0, 1), got {self.holdout!r}")
+            raise bad("holdout", "must lie in (0, 1)")
         if not self.growth > 1:
-            raise QueryError(f"growth must be > 1, got {self.growth!r}")
+            raise bad("growth", "must be > 1")
         if self.chunk is not None and self.chunk < 1:
-            raise QueryError(f"chunk must be >= 1, got {self.chunk!r}")
+            raise bad("chunk", "must be >= 1")
         return self
 
 
@@ -101,7 +113,7 @@ class Plan:
     order: np.ndarray
     available: int
     fetch: dict[str | None, list[View]]
-    options: Options
+    options: InspectOptions
     tokenizer: Any = None
     token_length: int | None = None
     skipped: list[str] = field(default_factory=list)
@@ -127,7 +139,7 @@ def as_hypothesis(spec: Any, name: str | None = None) -> Hypothesis:
     else:
         if isinstance(spec, (set, dict)) or spec is None or np.isscalar(spec):
             raise QueryError(f"a hypothesis must be a name, a function, a Hypothesis, or one value per input "
-                             f"(array, list or Series); got {type(spec).__name__}")
+                             f"(array, list or Series); got {type(spec).__name__}", param="hypotheses")
         arr = spec.detach().cpu().numpy() if hasattr(spec, "detach") else spec
         h = Masks(arr, name) if np.ndim(arr) == 3 else Labels(arr, name)
     if name is not None:
@@ -144,7 +156,7 @@ def resolve_hypotheses(hypotheses: Any) -> list[Hypothesis]:
     else:
         hyps = [as_hypothesis(hypotheses)]
     if not hyps:
-        raise QueryError("no hypotheses to inspect")
+        raise QueryError("no hypotheses to inspect", param="hypotheses")
     for j, h in enumerate(hyps):
         if not h.name:
             h.name = f"h{j}"
@@ -152,7 +164,7 @@ def resolve_hypotheses(hypotheses: Any) -> list[Hypothesis]:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise QueryError(f"hypothesis names must be unique; {', '.join(map(repr, dup))} appear more than once "
-                         "(pass a dict name -> hypothesis)")
+                         "(pass a dict name -> hypothesis)", param="hypotheses")
     return hyps
 
 
@@ -162,14 +174,14 @@ def resolve_measures(measures: Any) -> tuple[str, ...] | None:
         return None
     items = [measures] if isinstance(measures, str) else list(measures)
     if not items:
-        raise QueryError("no measures given")
+        raise QueryError("no measures given", param="measures")
     out = []
     for m in items:
         if not isinstance(m, str):
-            raise QueryError(f"a measure is a name ({', '.join(MEASURES)}), got {m!r}")
+            raise QueryError(f"a measure is a name ({', '.join(MEASURES)}), got {m!r}", param="measures")
         key = ALIASES.get(m.strip().lower(), m.strip().lower())
         if key not in MEASURES:
-            raise UnknownNameError("measure", m, list(MEASURES))
+            raise UnknownNameError("measure", m, list(MEASURES), param="measures")
         if key not in out:
             out.append(key)
     return tuple(out)
@@ -178,40 +190,44 @@ def resolve_measures(measures: Any) -> tuple[str, ...] | None:
 # -- the plan ---------------------------------------------------------------------------------------------
 
 def build_plan(sessions: Any, views: Any, hypotheses: Any, measures: Any = "auto", *, units: Any = None,
-               tokenizer: Any = None, filter: Any = None, options: Options | None = None) -> Plan:
+               tokenizer: Any = None, filter: Any = None, options: InspectOptions | None = None) -> Plan:
     """Check a request and plan its run (raises QueryError on bad input).
 
     `sessions`: one Session, a dict name -> Session or a list of Sessions (named by `.name`)
     over the same data; `views`: the views of every model, or a dict model name -> views."""
-    opts = (options or Options()).check()
+    opts = (options or InspectOptions()).check()
     models = resolve_models(sessions)
     session = next(iter(models.values()))
     vs = {name: _views(s, _model_views(views, name, models)) for name, s in models.items()}
     wanted = resolve_measures(measures)
-    hyps = [h.bind(session) for h in resolve_hypotheses(hypotheses)]
-    candidates = np.flatnonzero(session._allowed(filter))
+    with about("hypotheses"):
+        hyps = [h.bind(session) for h in resolve_hypotheses(hypotheses)]
+    candidates = np.flatnonzero(session.allowed(filter))
     if len(candidates) < 2:
-        raise QueryError(f"inspection needs at least 2 inputs; the filter leaves {len(candidates)}")
+        raise QueryError(f"inspection needs at least 2 inputs; the filter leaves {len(candidates)}", param="filter")
     order = np.random.default_rng(opts.seed).permutation(candidates)[: opts.max_inputs]
     sample = order[:KIND_SAMPLE]
-    hyps = [h.settle(session, int(order[0])) if isinstance(h, AnyFunction) else h for h in hyps]
+    with about("hypotheses"):
+        hyps = [h.settle(session, int(order[0])) if isinstance(h, AnyFunction) else h for h in hyps]
 
     levels = {h.level for h in hyps}
     raw, shapes, lengths = {}, {}, {}
     for name, s in models.items():
         raw[name] = {v.layer: s.view(v.layer) for v in vs[name]} if levels - {"input"} else {}
         shape_views = list({v.name: v for v in vs[name] + list(raw[name].values())}.values())
-        shapes[name] = dict(zip([v.name for v in shape_views], s._locked(s.runner.view_shapes, shape_views)))
+        shapes[name] = dict(zip([v.name for v in shape_views], s.source.view_shapes(shape_views)))
         lengths[name] = _token_length(hyps, vs[name], raw[name], shapes[name], tokenizer)
     token_length = _one_token_length(lengths)
-    tokens = token_batch(session, sample, tokenizer, token_length) if token_length else None
+    with about("tokenizer"):
+        tokens = token_batch(session, sample, tokenizer, token_length) if token_length else None
     encoders = {}
     for h in hyps:
-        if h.kind is None:
-            h.kind = _infer(h, session, sample, tokens)
-        if h.level == "position" and h.kind == "categorical":
-            raise QueryError(f"concept mask {h.name!r} must be boolean or numeric, not categorical")
-        encoders[h.name] = Encoder(h)
+        with about("hypotheses"):
+            if h.kind is None:
+                h.kind = _infer(h, session, sample, tokens)
+            if h.level == "position" and h.kind == "categorical":
+                raise QueryError(f"concept mask {h.name!r} must be boolean or numeric, not categorical")
+            encoders[h.name] = Encoder(h)
 
     blocks, skipped, fetch = [], [], {}
     for name in models:
@@ -219,8 +235,10 @@ def build_plan(sessions: Any, views: Any, hypotheses: Any, measures: Any = "auto
         for v in vs[name]:
             for level in ("input", "position", "token"):
                 src = v if level == "input" else raw[name].get(v.layer)
-                mine += _blocks(session, v, src, level, [h for h in hyps if h.level == level],
-                                shapes[name].get(src.name) if src else None, wanted, units, encoders, sample, notes)
+                with about("hypotheses"):   # (a unit list error names the units)
+                    mine += _blocks(session, v, src, level, [h for h in hyps if h.level == level],
+                                    shapes[name].get(src.name) if src else None, wanted, units, encoders, sample,
+                                    notes)
         for b in mine:
             b.model = name
         blocks += mine
@@ -246,21 +264,21 @@ def resolve_models(sessions: Any) -> dict[str | None, Any]:
         dup = sorted({str(n) for n in names if names.count(n) > 1})
         if dup:
             raise QueryError(f"models given as a list are named by their session's name; {', '.join(map(repr, dup))} "
-                             "appears more than once (pass a dict name -> session)")
+                             "appears more than once (pass a dict name -> session)", param="sessions")
     else:
         models = {None: sessions}
     if not models:
-        raise QueryError("no models to inspect; pass a session, or a dict name -> session")
+        raise QueryError("no models to inspect; pass a session, or a dict name -> session", param="sessions")
     bad = [k for k, s in models.items() if not isinstance(s, Session)]
     if bad:
         raise QueryError(f"a model to inspect is given by its everest_magic Session; {bad[0]!r} is a "
-                         f"{type(models[bad[0]]).__name__}")
+                         f"{type(models[bad[0]]).__name__}", param="sessions")
     first_name, first = next(iter(models.items()))
     for name, s in models.items():
         if s.n != first.n or s.data.fingerprint() != first.data.fingerprint():
             raise QueryError(f"models inspected together must read the same data: model {name!r} has {s.n} inputs "
                              f"(data fingerprint {s.data.fingerprint()}), model {first_name!r} {first.n} "
-                             f"({first.data.fingerprint()})")
+                             f"({first.data.fingerprint()})", param="sessions")
     return models
 
 
@@ -270,10 +288,10 @@ def _model_views(views: Any, name: str | None, models: dict) -> Any:
         return views
     unknown = [k for k in views if str(k) not in models]
     if unknown:
-        raise UnknownNameError("model", str(unknown[0]), [str(m) for m in models])
+        raise UnknownNameError("model", str(unknown[0]), [str(m) for m in models], param="views")
     if name not in views:
         raise QueryError(f"views given per model must name every model; {name!r} has none "
-                         f"(models: {', '.join(map(str, models))})")
+                         f"(models: {', '.join(map(str, models))})", param="views")
     return views[name]
 
 
@@ -282,17 +300,17 @@ def _one_token_length(lengths: dict) -> int | None:
     found = {n for n in lengths.values() if n is not None}
     if len(found) > 1:
         raise QueryError("models inspected together with token hypotheses must read the same tokens; their token "
-                         f"axes have lengths {sorted(found)}")
+                         f"axes have lengths {sorted(found)}", param="sessions")
     return found.pop() if found else None
 
 
 def _views(session: Any, views: Any) -> list[View]:
     names = [views] if isinstance(views, (str, View)) else list(views or [])
     if not names:
-        raise QueryError("no views to inspect; name one or more layers, e.g. 'conv2:mean'")
+        raise QueryError("no views to inspect; name one or more layers, e.g. 'conv2:mean'", param="views")
     bad = [v for v in names if not isinstance(v, (str, View))]
     if bad:
-        raise QueryError(f"a view is a layer name such as 'conv2' or 'fc1', got {bad[0]!r}")
+        raise QueryError(f"a view is a layer name such as 'conv2' or 'fc1', got {bad[0]!r}", param="views")
     return [session.view(v) for v in names]
 
 
@@ -304,7 +322,7 @@ def _token_length(hyps: list[Hypothesis], vs: list[View], raw: dict, shapes: dic
         return None
     if tokenizer is None:
         raise QueryError(f"token hypotheses ({', '.join(map(repr, token_hyps))}) need tokenizer=, the tokenizer "
-                         "whose tokens the model reads")
+                         "whose tokens the model reads", param="tokenizer")
     return shapes[token_views[0].name][0]
 
 
@@ -347,12 +365,12 @@ def _check_coverage(hyps: list[Hypothesis], wanted: tuple | None, blocks: list[B
     if unused:
         reasons = sorted({why for what, _, why in skipped if what in unused})
         raise QueryError(f"measure {', '.join(map(repr, unused))} applies to none of the hypotheses"
-                         + (f" ({'; '.join(reasons)})" if reasons else ""))
+                         + (f" ({'; '.join(reasons)})" if reasons else ""), param="measures")
     unscored = [h.name for h in hyps if not any(h in b.hyps for b in blocks)]
     if unscored:
         reasons = dict.fromkeys(f"{what} x {on}: {why}" for what, on, why in skipped if what in unscored)
         raise QueryError(f"hypothesis {', '.join(map(repr, unscored))} applies to none of the views: "
-                         + "; ".join(reasons))
+                         + "; ".join(reasons), param="hypotheses")
 
 
 def _infer(h: Hypothesis, session: Any, sample: np.ndarray, tokens: Any) -> str:
@@ -397,10 +415,10 @@ def _units(units: Any, view: str, reported: str, n: int) -> np.ndarray:
         units = [units]
     arr = np.asarray(list(units) if isinstance(units, range) else units)
     if arr.ndim != 1 or (len(arr) and arr.dtype.kind not in "iu"):
-        raise QueryError(f"units must be a list of unit indices, got {units!r}")
+        raise QueryError(f"units must be a list of unit indices, got {units!r}", param="units")
     if len(arr) == 0:
-        raise QueryError("the unit list is empty")
+        raise QueryError("the unit list is empty", param="units")
     if arr.min() < 0 or arr.max() >= n:
         raise QueryError(f"unit {int(arr.max() if arr.max() >= n else arr.min())} is out of range: {reported!r} has "
-                         f"{n} units")
+                         f"{n} units", param="units")
     return arr.astype(np.int64)

@@ -4,10 +4,11 @@ from __future__ import annotations
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, needs_local_scope, no_var_expand
 from IPython.display import display
+from traitlets import Bool
 
 from ..engine.errors import EverestError
 from . import parser as P
-from .commands import DISPATCH, Context, at_command
+from .commands import DISPATCH, MagicContext, at_command
 from .state import KernelState
 
 _STATE: KernelState | None = None
@@ -23,11 +24,19 @@ def kernel_state() -> KernelState:
 
 @magics_class
 class EverestMagics(Magics):
-    """Holds the %everest magic."""
+    """Holds the %everest magic. Its settings are traitlets: ``%config EverestMagics.verbose = True``
+    in a notebook, or ``c.EverestMagics.sidebar = False`` in an IPython profile."""
+
+    verbose = Bool(False, help="Raise everest errors as they are, with their traceback, instead of as a "
+                               "one-line UsageError that points into the magic's text.").tag(config=True)
+    sidebar = Bool(True, help="Open the channel of the JupyterLab sidebar when the extension loads "
+                              "(when a front end listens).").tag(config=True)
 
     def __init__(self, shell, state: KernelState):
         super().__init__(shell)
         self.state = state
+        if shell is not None:   # %config finds the shell's configurables (a reload replaces the old one)
+            shell.configurables[:] = [c for c in shell.configurables if not isinstance(c, EverestMagics)] + [self]
 
     @no_var_expand        # `{expr}` and `$x` reach the parser as typed; it evaluates `{expr}` itself
     @needs_local_scope
@@ -63,10 +72,10 @@ class EverestMagics(Magics):
         try:
             cmd = P.parse_cell(line, cell)
             handler = DISPATCH[type(cmd)]
-            ctx = Context(self.state, _namespace(self.shell.user_ns, local_ns), display)
+            ctx = MagicContext(self.state, _namespace(self.shell.user_ns, local_ns), display)
             return handler(_with_text(cmd, text), ctx)
         except EverestError as e:
-            if self.state.verbose:
+            if self.verbose:
                 raise
             where = e if isinstance(e, P.QuerySyntaxError) else at_command(e, text)
             raise UsageError(str(where)) from e
@@ -128,7 +137,8 @@ def pass_magic_lines(lines: list[str]) -> list[str]:
 def load_ipython_extension(ipython) -> None:
     """Register %everest and %%everest (and the sidebar channel when a front end listens)."""
     state = kernel_state()
-    ipython.register_magics(EverestMagics(ipython, state))
+    magics = EverestMagics(ipython, state)
+    ipython.register_magics(magics)
     if pass_magic_lines not in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.append(pass_magic_lines)
     try:   # import the widgets now, not on the first query (keeps a query cell's return fast)
@@ -136,7 +146,7 @@ def load_ipython_extension(ipython) -> None:
         del widgets
     except ImportError:
         pass
-    attach(ipython)
+    attach(ipython, channel=magics.sidebar)
 
 
 def unload_ipython_extension(ipython) -> None:

@@ -6,7 +6,11 @@ target after a page reload. Messages (JSON):
 
 kernel -> sidebar
     {"type": "snapshot", "state": {"sessions": [...], "jobs": [...], "history": [...]}}
-    {"type": "job", "job": {"id", "description", "status", "phase", "done", "total", "progress", "seconds", ...}}
+    {"type": "job", "job": Job.to_json()}
+    {"type": "error", "message": "..."}
+
+A session's "views" are `ViewInfo.to_json()` rows, its jobs `Job.to_json()` rows; the
+sidebar mirrors both in labextension/model.ts (`IView`, `IJob`).
 sidebar -> kernel
     {"action": "refresh"}                 answered with a snapshot
     {"action": "cancel", "job": ID}       cancels a job, then a snapshot follows
@@ -68,9 +72,7 @@ class Channel:
             if not final and now - self._last_sent.get(job.id, 0.0) < 0.2:
                 return
             self._last_sent[job.id] = now
-            row = next((r for r in self.state.job_rows() if r["id"] == job.id), None)
-            if row is not None:
-                self._send({"type": "job", "job": row})
+            self._send({"type": "job", "job": job.to_json()})
             if final:
                 self.send_snapshot()
         else:

@@ -1,19 +1,21 @@
 """One handler per verb of %everest, dispatched from a table.
 
-Each handler takes the parsed command and a `Context` (kernel state, user namespace,
-display function) and returns what the magic should show (or None). Engine errors about a
-layer, neuron or k are re-raised as positioned QuerySyntaxErrors pointing into the cell.
+Each handler takes the parsed command and a `MagicContext` (kernel state, user namespace,
+display function) and returns what the magic should show (or None). An engine error about
+one argument (its `param`: a view, neurons, k...) is re-raised as a QuerySyntaxError under
+that argument's value, whose span the parsed command carries.
 """
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from ..engine import Job, Session
+from ..engine.config import SessionConfig
 from ..engine.errors import EverestError, JobCancelled, QueryError, UnknownNameError
 from ..engine.query import make_aggregation
 from . import parser as P
@@ -21,7 +23,9 @@ from .state import KernelState, result_summary
 
 
 @dataclass
-class Context:
+class MagicContext:
+    """What a handler works with: the kernel state, the user namespace, the display function."""
+
     state: KernelState
     ns: dict
     display: Callable[[Any], None]
@@ -29,21 +33,14 @@ class Context:
 
 # -- positions ----------------------------------------------------------------------------
 
-def locate(text: str, keyword: str) -> tuple[int, int, str, int]:
-    """(line, column, source line, width) of the value after `keyword` in the magic text.
+# an engine parameter -> the keyword whose value gives it (the others are spelled alike)
+KEYWORD_OF = {"view": "layer", "views": "layer", "filter": "where", "sessions": "models"}
 
-    The magic line is line 1 (`keyword` may also be the magic verb, then its argument).
-    Falls back to line 1, column 1.
-    """
-    lines = text.split("\n")
-    first = magic_line(lines[0])
-    pattern = re.compile(rf"\s*{re.escape(keyword)}\b\s*", flags=re.IGNORECASE)
-    for i, src in enumerate([first] + lines[1:], start=1):
-        m = pattern.match(src)
-        value = src[m.end():].split("#", 1)[0].rstrip() if m else ""   # linear: no backtracking
-        if value:
-            return i, m.end() + 1, src, len(value)
-    return 1, 1, first, 1
+
+def span_of(cmd: P.Command, *keys: str | None) -> P.Span:
+    """The span of the first of `keys` the command has (else line 1, column 1)."""
+    found = next((cmd.spans[k] for k in keys if k in cmd.spans), None)
+    return found or P.Span(1, 1, 1, magic_line(cmd.text.split("\n")[0]))
 
 
 def magic_line(first: str) -> str:
@@ -62,25 +59,30 @@ def at_command(e: EverestError, text: str) -> P.QuerySyntaxError:
     return P.QuerySyntaxError(str(e), line, column, src, None, len(src.strip()))
 
 
-def positioned(e: EverestError, text: str, keyword: str) -> P.QuerySyntaxError:
-    """An engine error placed at `keyword`'s value in the magic text."""
-    line, col, src, width = locate(text, keyword)
-    suggestion = None
-    msg = str(e)
+def at_param(e: EverestError, cmd: P.Command, default: str, **aliases: str) -> P.QuerySyntaxError:
+    """An engine error placed under the value of the keyword its `param` names (`aliases`: param ->
+    keyword, for this command), else under `default`'s value."""
+    key = aliases.get(e.param) or KEYWORD_OF.get(e.param, e.param)
+    return at_span(e, span_of(cmd, key, default))
+
+
+def at_span(e: EverestError, span: P.Span) -> P.QuerySyntaxError:
+    """An engine error placed under `span`; an unknown name's first suggestion becomes the hint."""
+    msg, suggestion = str(e), None
     if isinstance(e, UnknownNameError) and e.suggestions:
         suggestion = e.suggestions[0]
-        msg = msg.split("; did you mean")[0] + "; other close names: " + ", ".join(e.suggestions[1:]) if len(e.suggestions) > 1 else msg.split("; did you mean")[0]
-    return P.QuerySyntaxError(msg, line, col, src, suggestion, width)
+        msg = msg.split("; did you mean")[0]
+        if len(e.suggestions) > 1:
+            msg += "; other close names: " + ", ".join(e.suggestions[1:])
+    return P.error_at(span, msg, suggestion)
 
 
 # -- use / layers / index ---------------------------------------------------------------------
 
-SESSION_OPTIONS = {"labels", "collate", "forward", "device", "batch_size", "memory_budget", "cache_bytes",
-                   "partitions", "ratio", "scheme", "tolerance", "lazy", "rebuild", "data_fingerprint",
-                   "min_list", "index_cache_bytes", "size_budget", "cluster", "model_factory", "load_shard"}
+SESSION_OPTIONS = {f.name for f in fields(SessionConfig)}   # the `use` keys Session takes as keywords
 
 
-def do_use(cmd: P.UseCommand, ctx: Context) -> Any:
+def do_use(cmd: P.UseCommand, ctx: MagicContext) -> Any:
     name = P.resolve(cmd.name, ctx.ns) if cmd.name is not None else None
     opts = dict(cmd.options)
     if not opts:
@@ -101,7 +103,7 @@ def do_use(cmd: P.UseCommand, ctx: Context) -> Any:
     try:
         s = Session(model, data, index=index, name=name, jobs=ctx.state.jobs, **kwargs)
     except EverestError as e:
-        raise positioned(e, cmd.text, "use") from e
+        raise at_param(e, cmd, "use") from e
     ctx.state.add_session(name, s, render)
     ctx.state.tokenizers[name] = tokenizer
     return s
@@ -113,9 +115,9 @@ USE_KINDS = {"int": "a positive int", "float": "a number", "bool": "True or Fals
 def _use_value(key: str, value: Any, ns: dict) -> Any:
     """A `use` option's value; one given as an `{expr}` must be of the option's kind."""
     out = P.resolve(value, ns)
-    kind = "name" if key == "cluster" else P.USE_OPTIONS[key]   # cluster={client}: a distributed.Client
+    kind = P.USE_OPTIONS[key]
     if isinstance(value, P.Expr) and not _fits(kind, out):
-        raise P._at(value, f"{key}= needs {USE_KINDS[kind]}, got {_brief(out)}")
+        raise P.error_at(value, f"{key}= needs {USE_KINDS[kind]}, got {_brief(out)}")
     return out
 
 
@@ -128,10 +130,10 @@ def _fits(kind: str, value: Any) -> bool:
         return isinstance(value, (bool, np.bool_))
     if kind == "str":
         return isinstance(value, (str, os.PathLike))
-    return True   # "name": any object (model, data, labels...)
+    return True   # "object", "str|object": any object (model, data, labels, a Dask client...)
 
 
-def do_layers(cmd: P.LayersCommand, ctx: Context) -> Any:
+def do_layers(cmd: P.LayersCommand, ctx: MagicContext) -> Any:
     import pandas as pd
     s = ctx.state.session(cmd.session)
     rows = s.layers()
@@ -141,18 +143,15 @@ def do_layers(cmd: P.LayersCommand, ctx: Context) -> Any:
     return pd.DataFrame(rows, columns=["layer", "type", "shape", "neurons", "indexed"])
 
 
-def do_index(cmd: P.IndexCommand, ctx: Context) -> Any:
+def do_index(cmd: P.IndexCommand, ctx: MagicContext) -> Any:
     s = ctx.state.session(cmd.session)
-    views = view_names(cmd.views, ctx.ns)
-    for v in views:
+    origin = view_names(cmd.views, ctx.ns)
+    for v, i in origin.items():
         try:
             s.view(v)
         except EverestError as e:
-            line, col, src, _ = locate(cmd.text, "index")
-            col += max(0, src[col - 1:].find(v))
-            suggestions = getattr(e, "suggestions", None)
-            raise P.QuerySyntaxError(str(e).split("; did you mean")[0], line, col, src,
-                                     suggestions[0] if suggestions else None, len(v)) from e
+            raise at_span(e, span_of(cmd, f"views[{i}]", "index")) from e
+    views = list(origin)
     done = [v for v in views if s.view(v).name in s.indexed()]
     if done and len(done) == len(views) and not cmd.rebuild:
         print(f"already indexed: {', '.join(done)} (nothing to do; --rebuild builds again)")
@@ -170,24 +169,25 @@ def do_index(cmd: P.IndexCommand, ctx: Context) -> Any:
     return None
 
 
-def view_names(values: list, ns: dict) -> list[str]:
-    """View names of an `index` line, in order, each once; an `{expr}` may give a name or a
-    list (tuple, set) of names."""
-    names: list[str] = []
-    for v in values:
+def view_names(values: list, ns: dict) -> dict[str, int]:
+    """View names of an `index` line, in order, each once, with the position in `values` of the
+    item that gave it; an `{expr}` may give a name or a list (tuple, set) of names."""
+    names: dict[str, int] = {}
+    for i, v in enumerate(values):
         value = P.resolve(v, ns)
-        names += [str(x) for x in value] if isinstance(value, (list, tuple, set, frozenset)) else [str(value)]
-    return list(dict.fromkeys(names))
+        for name in value if isinstance(value, (list, tuple, set, frozenset)) else [value]:
+            names.setdefault(str(name), i)
+    return names
 
 
-def do_extend(cmd: P.ExtendCommand, ctx: Context) -> Any:
+def do_extend(cmd: P.ExtendCommand, ctx: MagicContext) -> Any:
     s = ctx.state.session(cmd.session)
     data = P.resolve(cmd.data, ctx.ns)
     labels = P.resolve(cmd.labels, ctx.ns) if cmd.labels is not None else None
     try:
         job = s.extend(data, labels=labels, wait=False)
     except EverestError as e:
-        raise positioned(e, cmd.text, "extend") from e
+        raise at_param(e, cmd, "extend", inputs="data") from e
     entry = ctx.state.record(cmd.text, "extend", s.name, job.id)
     job.on_change(lambda j: j.is_done() and ctx.state.finish(entry, j.status, f"{j.seconds:.1f} s"))
     if cmd.wait:
@@ -199,14 +199,15 @@ def do_extend(cmd: P.ExtendCommand, ctx: Context) -> Any:
 
 
 def _index_table(s: Session, views: list[str]):
+    """The views' `ViewInfo.to_json()` as a table, sizes in MB and percent, seconds rounded."""
     import pandas as pd
     rows = []
     for v in views:
-        info = s.indexed()[s.view(v).name]
-        rows.append({"view": info.name, "neurons": info.m, "MB on disk": round(info.bytes_on_disk / 1e6, 2),
-                     "% of float32": round(100 * info.size_ratio, 1), "P": info.P, "ratio": info.ratio,
-                     "inputs": info.n, "files": len(info.segments),
-                     "build s": round(info.build.get("seconds_total", 0), 1)})
+        j = s.indexed()[s.view(v).name].to_json()
+        rows.append({"view": j["name"], "neurons": j["neurons"], "MB on disk": round(j["bytes"] / 1e6, 2),
+                     "% of float32": round(100 * j["size_ratio"], 1), "partitions": j["partitions"],
+                     "list fraction": j["list_fraction"], "inputs": j["inputs"], "files": j["files"],
+                     "build s": round(j["build_seconds"], 1)})
     return pd.DataFrame(rows)
 
 
@@ -250,8 +251,7 @@ def resolve_query(cmd: P.QueryCommand, s: Session, ns: dict) -> dict:
     """Evaluate every part of a query command into engine arguments (neurons may stay lazy)."""
     k = P.resolve(cmd.k, ns)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        line, col, src, w = locate(cmd.text, cmd.kind)
-        raise P.QuerySyntaxError(f"k must be a positive int, got {k!r}", line, col, src, None, w)
+        raise P.error_at(span_of(cmd, "k", cmd.kind), f"k must be a positive int, got {k!r}")
     layer = P.resolve(cmd.layer, ns)   # the engine refuses what is not a name
     if isinstance(cmd.neurons, P.Channels) and isinstance(layer, str) and ":" not in layer:
         layer = f"{layer}:mean"
@@ -259,7 +259,7 @@ def resolve_query(cmd: P.QueryCommand, s: Session, ns: dict) -> dict:
         view = s.view(layer)
         s.can_query(view.name)   # indexed, or the index can be written (a lazy build)
     except EverestError as e:
-        raise positioned(e, cmd.text, "layer") from e
+        raise at_param(e, cmd, "layer") from e
     spec = cmd.neurons
     if isinstance(spec, P.TopOfInput):
         n_top, input_id = P.resolve(spec.n, ns), P.resolve(spec.input_id, ns)
@@ -273,16 +273,16 @@ def resolve_query(cmd: P.QueryCommand, s: Session, ns: dict) -> dict:
         by = P.resolve(by, ns)
     allowed = None
     if cmd.filter is not None:
-        allowed = _filter_mask(cmd.filter, s, ns, cmd.text)
+        allowed = _filter_mask(cmd.filter, s, ns, span_of(cmd, "where"))
     target = P.resolve(cmd.target, ns) if cmd.target is not None else None
     return {"k": int(k), "view": view.name, "neurons": neurons, "by": by, "filter": allowed, "target": target}
 
 
-def _filter_mask(f: P.Filter, s: Session, ns: dict, text: str) -> np.ndarray:
+def _filter_mask(f: P.Filter, s: Session, ns: dict, where: P.Span) -> np.ndarray:
+    """The boolean mask over inputs of a `where` line (`where`: its span, for errors)."""
     if f.field == "labels":
         if s.labels is None:
-            line, col, src, w = locate(text, "where")
-            raise P.QuerySyntaxError("this session has no labels: pass labels=ARRAY to %everest use", line, col, src, None, w)
+            raise P.error_at(where, "this session has no labels: pass labels=ARRAY to %everest use")
         col = s.labels
     else:
         col = np.arange(s.n)
@@ -304,8 +304,8 @@ def _filter_values(f: P.Filter, ns: dict) -> list:
         for v in values:
             if not (P._as_index(v) is not None if f.field == "ids" else _single(v)):
                 what = "input ids (ints)" if f.field == "ids" else "labels"
-                raise P._at(item, f"{{{item.text}}} gave {_brief(value)}; where {f.field} needs {what}: one value "
-                                  "or a flat collection of them")
+                raise P.error_at(item, f"{{{item.text}}} gave {_brief(value)}; where {f.field} needs {what}: "
+                                       "one value or a flat collection of them")
         out.extend(values)
     return out
 
@@ -333,52 +333,48 @@ def _brief(value: Any, n: int = 60) -> str:
     return text if len(text) <= n else text[:n - 3] + "..."
 
 
-def run_resolved(s: Session, kind: str, q: dict, metric: str, include_target: bool, text: str):
+def run_resolved(s: Session, cmd: P.QueryCommand, q: dict):
     """Run a resolved query on the calling thread; returns the Result."""
     neurons = q["neurons"]
-    try:
-        if isinstance(neurons, tuple) and neurons and neurons[0] == "top":
-            _, count, input_id = neurons
+    if isinstance(neurons, tuple) and neurons and neurons[0] == "top":
+        _, count, input_id = neurons
+        try:
             neurons = s.top_neurons(input_id, q["view"], count)
-        if kind == "knn":
-            r = s.knn(q["target"], q["view"], neurons, k=q["k"], metric=metric, include_target=include_target,
-                      filter=q["filter"])
+        except QueryError as e:   # its input id and count are on the neurons line
+            raise at_param(e, cmd, "neurons", k="neurons") from e
+    try:
+        if cmd.kind == "knn":
+            r = s.knn(q["target"], q["view"], neurons, k=q["k"], metric=cmd.metric,
+                      include_target=cmd.include_target, filter=q["filter"])
         else:
-            r = s.topk(q["view"], neurons, k=q["k"], by=q["by"], lowest=kind == "bottomk", filter=q["filter"])
+            r = s.topk(q["view"], neurons, k=q["k"], by=q["by"], lowest=cmd.kind == "bottomk", filter=q["filter"])
     except QueryError as e:
-        word = str(e)
-        key = ("target" if "target" in word else "neurons" if "neuron" in word else "target" if "input id" in word
-               else "by" if "weight" in word or "aggregation" in word else "metric" if "metric" in word else kind)
-        raise positioned(e, text, key) from e
-    r.text = text
+        raise at_param(e, cmd, cmd.kind) from e
+    r.text = cmd.text
     return r
 
 
-def do_query(cmd: P.QueryCommand, ctx: Context) -> Any:
+def do_query(cmd: P.QueryCommand, ctx: MagicContext) -> Any:
     state = ctx.state
     name = cmd.session or state.current
     s = state.session(name)
     q = resolve_query(cmd, s, ctx.ns)
     if cmd.kind == "knn" and q["target"] is None:
-        line, col, src, w = locate(cmd.text, "knn")
-        raise P.QuerySyntaxError("knn needs a target line: target ID", line, col, src, None, w)
+        raise P.error_at(span_of(cmd, "target", "knn"), "knn needs a target line: target ID")
     # neurons out of range and weights that do not fit are reported now, at their position (not by the job)
     if not isinstance(q["neurons"], tuple):
         try:
             group = s.neuron_ids(q["view"], q["neurons"])
-        except QueryError as e:
-            raise positioned(e, cmd.text, "neurons" if isinstance(cmd.neurons, P.NeuronList) else "channels") from e
-        if cmd.kind != "knn":
-            try:
+            if cmd.kind != "knn":
                 make_aggregation(q["by"], len(group))
-            except QueryError as e:
-                raise positioned(e, cmd.text, "by") from e
+        except QueryError as e:
+            raise at_param(e, cmd, cmd.kind) from e
 
     def work(job):
         built = ensure_view(s, q["view"], job)
         job.phase = "query"
         job.step(job.total if built else 0, job.total if built else 1)
-        r = run_resolved(s, cmd.kind, q, cmd.metric, cmd.include_target, cmd.text)
+        r = run_resolved(s, cmd, q)
         job.phase = f"built the index of {q['view']}, then queried" if built else ""
         job.step(job.total, job.total)
         return r
@@ -400,15 +396,15 @@ def ensure_view(s: Session, view: str, job: Job) -> bool:
     """Build a view that is not indexed yet before a query on it (lazy sessions), showing the
     build in the query's job: its phase names the build, its done/total are the build's.
     Cancelling the query cancels a build it started. Returns True when it waited for a build."""
-    if view in s.store.views or not s.lazy:
+    if s.is_indexed(view) or not s.lazy:
         return False
-    build = pending_build(s, view)
+    build = s.pending_build(view)
     started = build is None
     if started:
         build = s.build_index([view])
     job.phase = f"building the index of {view} (first query on it)"
-    job.step(build.done, build.total)
-    build.on_change(lambda b: job.step(b.done, b.total))   # every build step, in the query's job
+    job.step(build.done_units, build.total)
+    build.on_change(lambda b: job.step(b.done_units, b.total))   # every build step, in the query's job
     try:
         while not build.wait(0.2):
             job.check()   # raises JobCancelled when the query is cancelled
@@ -416,20 +412,12 @@ def ensure_view(s: Session, view: str, job: Job) -> bool:
         if started:
             build.cancel()
         raise
-    job.step(build.done, build.total)
+    job.step(build.done_units, build.total)
     build.result()   # the build's error, if it failed
     return True
 
 
-def pending_build(s: Session, view: str) -> Job | None:
-    """The background build that is making `view`, if one is running.
-
-    Reads `Session._builds` (view -> latest build Job): the engine has no public hook for it yet."""
-    job = getattr(s, "_builds", {}).get(view)
-    return job if job is not None and not job.is_done() else None
-
-
-def _track(job, cmd: Any, ctx: Context, session: str, kind: str, summary: Callable) -> None:
+def _track(job, cmd: Any, ctx: MagicContext, session: str, kind: str, summary: Callable) -> None:
     """Record a background command in the history (finished with `summary(job)`), and bind
     `-o NAME` to a handle that becomes the job's result."""
     entry = ctx.state.record(cmd.text, kind, session, job.id)
@@ -440,18 +428,14 @@ def _track(job, cmd: Any, ctx: Context, session: str, kind: str, summary: Callab
 
 # -- inspect ------------------------------------------------------------------------------------
 
-INSPECT_ERROR_AT = (("models inspected together", "models"), ("hypothes", "hypotheses"), ("measure", "measures"), ("tokenizer", "tokenizer"),
-                    ("unit", "units"), ("layer", "layer"), ("view", "layer"), ("filter", "where"))
-
-
-def do_inspect(cmd: P.InspectCommand, ctx: Context) -> Any:
+def do_inspect(cmd: P.InspectCommand, ctx: MagicContext) -> Any:
     """Units of views x hypotheses x measures, as a background job (see everest_magic.inspect)."""
     from ..inspect import inspect_job
     if cmd.models:   # several sessions over the same data, in one pass
         try:
             models: Any = {name: ctx.state.session(name) for name in cmd.models}
         except EverestError as e:
-            raise positioned(e, cmd.text, "models") from e
+            raise at_param(e, cmd, "models") from e
         s = next(iter(models.values()))
     else:
         s = models = ctx.state.session(cmd.session)
@@ -466,13 +450,11 @@ def do_inspect(cmd: P.InspectCommand, ctx: Context) -> Any:
     if cmd.tokenizer is not None:
         options["tokenizer"] = P.resolve(cmd.tokenizer, ctx.ns)
     if cmd.filter is not None:
-        options["filter"] = _filter_mask(cmd.filter, s, ctx.ns, cmd.text)
+        options["filter"] = _filter_mask(cmd.filter, s, ctx.ns, span_of(cmd, "where"))
     try:
         job = inspect_job(models, views, hyps, cmd.measures or "auto", **options)
     except EverestError as e:
-        word = str(e).lower()
-        key = next((k for needle, k in INSPECT_ERROR_AT if needle in word), "inspect")
-        raise positioned(e, cmd.text, key) from e
+        raise at_param(e, cmd, "inspect") from e
     _track(job, cmd, ctx, s.name, "inspect",
            lambda j: f"{len(j.result())} scores" if j.status == "done" else str(j.error or j.status))
     from .show import inspect_widget
@@ -486,7 +468,7 @@ def do_inspect(cmd: P.InspectCommand, ctx: Context) -> Any:
 
 # -- neurons -------------------------------------------------------------------------------------
 
-def do_neurons(cmd: P.NeuronsCommand, ctx: Context) -> Any:
+def do_neurons(cmd: P.NeuronsCommand, ctx: MagicContext) -> Any:
     """The most activated neurons of one input in a view, as a gallery's drill-down shows them."""
     from ..widgets.levels import neurons_level
     s = ctx.state.session(cmd.session)
@@ -495,26 +477,26 @@ def do_neurons(cmd: P.NeuronsCommand, ctx: Context) -> Any:
         count, input_id = P.resolve(cmd.count, ctx.ns), P.resolve(cmd.input_id, ctx.ns)
         level, _ = neurons_level(s, view, input_id, count)
     except EverestError as e:
-        raise positioned(e, cmd.text, "layer" if "layer" in str(e) else "input") from e
+        raise at_param(e, cmd, "input", k="count") from e
     return Text(level["text"])
 
 
 # -- jobs / cancel / status / help -------------------------------------------------------------
 
-def do_jobs(cmd: P.JobsCommand, ctx: Context) -> Any:
+def do_jobs(cmd: P.JobsCommand, ctx: MagicContext) -> Any:
     import pandas as pd
     rows = ctx.state.job_rows()
-    return pd.DataFrame(rows, columns=["id", "description", "status", "phase", "done", "total", "seconds", "error"])
+    return pd.DataFrame(rows, columns=["id", "description", "status", "phase", "done_units", "total", "seconds",
+                                       "error"])
 
 
-def do_cancel(cmd: P.CancelCommand, ctx: Context) -> Any:
+def do_cancel(cmd: P.CancelCommand, ctx: MagicContext) -> Any:
     jobs = ctx.state.all_jobs()
     if cmd.job is None:
         cancelled = [j for j in jobs.values() if j.cancel()]
     elif cmd.job not in jobs:
         known = f"its jobs are {id_ranges(sorted(jobs))}" if jobs else "no job has run in it yet"
-        raise positioned(QueryError(f"no job {cmd.job} in this kernel: {known} (see %everest jobs)"),
-                         cmd.text, "cancel")
+        raise P.error_at(span_of(cmd, "job", "cancel"), f"no job {cmd.job} in this kernel: {known} (see %everest jobs)")
     elif not jobs[cmd.job].cancel():
         return f"job {cmd.job} had already finished ({jobs[cmd.job].status})"
     else:
@@ -533,7 +515,7 @@ def id_ranges(ids: list[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in out)
 
 
-def do_status(cmd: P.StatusCommand, ctx: Context) -> Any:
+def do_status(cmd: P.StatusCommand, ctx: MagicContext) -> Any:
     st = ctx.state
     if not st.sessions:
         return "no session yet: start one with  %everest use model=NET data=DATA index=FOLDER"
@@ -544,14 +526,16 @@ def do_status(cmd: P.StatusCommand, ctx: Context) -> Any:
         if s.cluster is not None:
             lines.append(f"    cluster: Dask at {s.cluster.describe()}")
         for v, info in s.indexed().items():
-            lines.append(f"    {v}: {info.m} neurons, {info.bytes_on_disk / 1e6:.1f} MB ({100 * info.size_ratio:.1f}% of float32)")
+            j = info.to_json()
+            lines.append(f"    {v}: {j['neurons']} neurons, {j['bytes'] / 1e6:.1f} MB ({100 * j['size_ratio']:.1f}% of float32)")
         lines.append(f"    cache: {len(s.cache)} rows, {s.cache.bytes / 1e6:.1f} MB of {s.cache.max_bytes / 1e6:.0f} MB")
-    running = st.jobs.running()
-    lines.append(f"jobs: {len(running)} running, {len(st.jobs.finished())} done, {len(st.jobs.failed())} failed or cancelled")
+    running = st.jobs.running_jobs()
+    lines.append(f"jobs: {len(running)} running, {len(st.jobs.succeeded_jobs())} done, "
+                 f"{len(st.jobs.failed_jobs())} failed or cancelled")
     return Text("\n".join(lines))
 
 
-def do_help(cmd: P.HelpCommand, ctx: Context) -> Any:
+def do_help(cmd: P.HelpCommand, ctx: MagicContext) -> Any:
     return Text(P.help_text(cmd.topic))
 
 
@@ -562,7 +546,7 @@ class Text(str):
         return str(self)
 
 
-DISPATCH: dict[type, Callable[[Any, Context], Any]] = {
+DISPATCH: dict[type, Callable[[Any, MagicContext], Any]] = {
     P.UseCommand: do_use,
     P.LayersCommand: do_layers,
     P.IndexCommand: do_index,

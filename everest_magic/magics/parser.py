@@ -1,19 +1,22 @@
 """Parser of the ``%everest`` line magic and ``%%everest`` cell magic (see docs/query-language.md).
 
-Plain Python: imports no IPython and no engine code, and never reads a user namespace.
+Plain Python: imports no IPython and never reads a user namespace. Its vocabularies are
+declared elsewhere, once: the ``use`` keys by ``engine.config.SessionConfig``, the inspect
+options by ``inspect.plan.InspectOptions``, aggregations and metrics by ``engine.query``.
 ``parse_cell(line, cell)`` turns the magic's text into one frozen command dataclass.
 ``{python expressions}`` are kept unevaluated as ``Expr`` and bare variable names in ``use``
 as ``Name``; the magic layer evaluates them with ``resolve`` (or ``expand_neurons`` /
 ``expand_weights`` for lists), which re-raise failures as positioned ``QuerySyntaxError``.
 
-Commands (every one also has ``text``: the original ``%everest ...``/``%%everest ...`` text,
-excluded from ``==`` and ``repr``):
+Commands (every one also has ``text``, the original ``%everest ...``/``%%everest ...`` text,
+and ``spans``, keyword -> ``Span(line, column, width)`` of its value, both excluded from ``==``
+and ``repr``; ``spans[verb]`` covers the magic line's arguments, ``spans["views[i]"]`` the
+i-th view of ``index``):
 
-- ``UseCommand(name, options)``: ``name`` str | Expr | None; ``options`` maps a key to its
-  value: model, data, labels, collate, forward, render, tokenizer -> Name | Expr; index, device, scheme,
-  data_fingerprint -> str | Expr; batch_size, partitions, memory_budget, cache_bytes, min_list,
-  index_cache_bytes -> int | Expr; tolerance, ratio -> float | Expr; lazy, rebuild -> bool | Expr. ``name=`` is moved to
-  ``name``; a ``use`` with no options switches to the named session.
+- ``UseCommand(name, options)``: ``name`` str | Expr | None; ``options`` maps a key of
+  ``USE_OPTIONS`` to its value, as the key's kind says: "object" -> Name | Expr, "str" ->
+  str | Expr, "int" -> int | Expr, "float" -> float | Expr, "bool" -> bool | Expr. ``name=``
+  is moved to ``name``; a ``use`` with no options switches to the named session.
 - ``LayersCommand(session)``, ``IndexCommand(views, wait, session)``: ``views`` a list of
   str | Expr such as ``"conv2"`` or ``"conv2:mean"``.
 - ``QueryCommand(kind, k, layer, neurons, by, metric, target, include_target, filter, output,
@@ -39,18 +42,18 @@ import warnings
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Iterable, Mapping, Union
 
-try:
-    from everest_magic.engine.errors import EverestError
-except ImportError:  # the parser works without the engine
-    class EverestError(Exception):  # type: ignore[no-redef]
-        """Base class of every error everest_magic raises on bad input or state."""
+from everest_magic.engine.config import SessionConfig, option_kind
+from everest_magic.engine.errors import EverestError
+from everest_magic.engine.query import AGGREGATIONS, METRICS
+from everest_magic.inspect.measures import MEASURES
+from everest_magic.inspect.plan import InspectOptions
 
 __all__ = [
     "parse_cell", "resolve", "expand_neurons", "expand_weights", "help_text", "QuerySyntaxError",
     "EverestError", "Command", "UseCommand", "LayersCommand", "IndexCommand", "QueryCommand",
     "NeuronsCommand", "ExtendCommand", "JobsCommand", "CancelCommand", "StatusCommand", "HelpCommand", "InspectCommand", "Expr", "Name", "Range",
-    "NeuronList", "Channels", "TopOfInput", "Filter", "Weights", "VERBS", "QUERY_VERBS",
-    "KEYWORDS", "AGGREGATIONS", "METRICS", "USE_OPTIONS", "INSPECT_OPTIONS", "HELP",
+    "NeuronList", "Channels", "TopOfInput", "Filter", "Weights", "Span", "error_at", "VERBS", "QUERY_VERBS",
+    "KEYWORDS", "AGGREGATIONS", "METRICS", "USE_OPTIONS", "INSPECT_OPTIONS", "LINE_OPTIONS", "VERB_OPTIONS", "HELP",
 ]
 
 
@@ -91,6 +94,15 @@ _SHOWN = 120   # characters of a source line an error shows
 
 
 # -- values ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Span:
+    """Where a value is in the magic text: 1-based line (1: the magic line) and column, width."""
+    line: int
+    column: int
+    width: int = 1
+    source_line: str = field(default="", compare=False, repr=False)
+
+
 @dataclass(frozen=True)
 class Expr:
     """A ``{python expression}``: its text (braces and outer spaces removed) and position."""
@@ -162,8 +174,10 @@ NeuronSpec = Union[NeuronList, Channels, TopOfInput]
 
 # -- commands -------------------------------------------------------------------------------
 class Command:
-    """Base class of the parsed commands; each has ``text``, the original magic text."""
+    """Base class of the parsed commands; each has ``text``, the original magic text, and
+    ``spans``: keyword -> Span of its value (``spans[verb]``: the magic line's arguments)."""
     text: str
+    spans: dict
 
 
 @dataclass(frozen=True)
@@ -172,6 +186,7 @@ class UseCommand(Command):
     name: Any
     options: dict
     text: str = field(default="", compare=False, repr=False)
+    spans: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -179,6 +194,7 @@ class LayersCommand(Command):
     """``layers [in session NAME]``: list the model's layers and what is indexed."""
     session: str | None = None
     text: str = field(default="", compare=False, repr=False)
+    spans: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -189,6 +205,7 @@ class IndexCommand(Command):
     wait: bool = False
     session: str | None = None
     text: str = field(default="", compare=False, repr=False)
+    spans: dict = field(default_factory=dict, compare=False, repr=False)
     rebuild: bool = False
 
 
@@ -201,6 +218,7 @@ class ExtendCommand(Command):
     wait: bool = False
     session: str | None = None
     text: str = field(default="", compare=False, repr=False)
+    spans: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -220,6 +238,7 @@ class QueryCommand(Command):
     wait: bool = False
     session: str | None = None
     text: str = field(default="", compare=False, repr=False)
+    spans: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -243,6 +262,7 @@ class InspectCommand(Command):
     session: str | None = None
     models: list | None = None
     text: str = field(default="", compare=False, repr=False)
+    spans: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -254,12 +274,14 @@ class NeuronsCommand(Command):
     layer: Any
     session: str | None = None
     text: str = field(default="", compare=False, repr=False)
+    spans: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class JobsCommand(Command):
     """``jobs``: list background jobs."""
     text: str = field(default="", compare=False, repr=False)
+    spans: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -267,12 +289,14 @@ class CancelCommand(Command):
     """``cancel [JOB]``: cancel a job (None: every unfinished one)."""
     job: int | None = None
     text: str = field(default="", compare=False, repr=False)
+    spans: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class StatusCommand(Command):
     """``status``: show the sessions and their indexes."""
     text: str = field(default="", compare=False, repr=False)
+    spans: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -280,13 +304,12 @@ class HelpCommand(Command):
     """``help [TOPIC]``; a bare ``%everest`` is ``help``."""
     topic: str | None = None
     text: str = field(default="", compare=False, repr=False)
+    spans: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 # -- vocabulary -----------------------------------------------------------------------------
 VERBS = ("use", "layers", "index", "extend", "topk", "bottomk", "knn", "inspect", "neurons", "jobs", "cancel", "status", "help")
 QUERY_VERBS = ("topk", "bottomk", "knn")
-AGGREGATIONS = ("sum", "mean", "max", "l2")
-METRICS = ("l2", "l1", "linf", "cosine")
 _RANKING = ("layer", "neurons", "channels", "by", "where", "session")
 KEYWORDS = {
     "topk": _RANKING,
@@ -294,29 +317,41 @@ KEYWORDS = {
     "knn": ("target", "layer", "neurons", "channels", "metric", "include", "where", "session"),
 }
 _ALL_KEYWORDS = ("layer", "neurons", "channels", "by", "metric", "target", "include", "where", "session")
-# inspect: option lines and their value types (None allowed where marked "?")
-INSPECT_OPTIONS = {"epsilon": "float", "confidence": "float", "q": "float", "holdout": "float", "top": "int",
-                   "patience": "int?", "min_inputs": "int", "max_inputs": "int?", "bins": "int", "seed": "int0",
-                   "early_stop": "bool", "chunk": "int?"}
+# inspect: option lines -> their InspectOptions field metadata (kind, "none" allowed, "min" of an int)
+INSPECT_OPTIONS = {f.name: f.metadata for f in fields(InspectOptions) if option_kind(f)}
 _INSPECT_KEYWORDS = ("layer", "hypotheses", "measures", "units", "tokenizer", "where", "session", "models") + \
     tuple(INSPECT_OPTIONS)
 _INSPECT_ALIASES = {"layers": "layer", "views": "layer", "view": "layer", "hypothesis": "hypotheses",
                     "measure": "measures", "unit": "units", "model": "models"}
 _OTHER_VERB_HINT = {"by": "metric", "metric": "by"}
-USE_OPTIONS = {
-    "model": "name", "data": "name", "labels": "name", "collate": "name", "forward": "name",
-    "render": "name", "tokenizer": "name", "index": "str", "name": "str", "device": "str", "scheme": "str",
-    "data_fingerprint": "str", "batch_size": "int", "partitions": "int", "memory_budget": "int",
-    "cache_bytes": "int", "tolerance": "float", "ratio": "float", "lazy": "bool", "rebuild": "bool",
-    "min_list": "int", "index_cache_bytes": "int", "size_budget": "float",
-    "cluster": "str", "model_factory": "name", "load_shard": "name",
+# use: key -> value kind (see engine.config): the Session's model, data and index, the magic's own
+# render and tokenizer, then every SessionConfig field
+USE_OPTIONS = {"model": "object", "data": "object", "index": "str", "render": "object", "tokenizer": "object",
+               **{f.name: option_kind(f) for f in fields(SessionConfig)}}
+# magic-line options: name -> (spellings, what follows, help); `in session` is two words
+LINE_OPTIONS = {
+    "output": (("-o", "--output"), "VAR", "bind the result to a variable"),
+    "wait": (("--wait",), None, "block until done"),
+    "rebuild": (("--rebuild",), None, "build views already indexed again"),
+    "session": (("in session",), "NAME", "run on a named session"),
 }
-_OPTIONS = {"-o": "output", "--output": "output", "--wait": "wait", "--rebuild": "rebuild"}
+_QUERY_LINE = ("output", "wait", "session")
+VERB_OPTIONS = {"topk": _QUERY_LINE, "bottomk": _QUERY_LINE, "knn": _QUERY_LINE, "inspect": _QUERY_LINE,
+                "index": ("wait", "rebuild", "session"), "extend": ("wait", "session"), "layers": ("session",),
+                "neurons": ("session",)}
+_OPTIONS = {spelling: name for name, (spellings, _, _) in LINE_OPTIONS.items() for spelling in spellings
+            if spelling.startswith("-")}
 _BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 _NUM_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _MAX_DIGITS = 30
 MAX_MAGIC_LINE = 10_000   # characters; a longer magic line is refused before it is parsed
+
+
+def _one_of(names: Iterable[str]) -> str:
+    """("a", "b", "c") -> "a, b or c"."""
+    *rest, last = names
+    return f"{', '.join(rest)} or {last}" if rest else last
 
 
 def _suggest(word: str, options: Iterable[str]) -> str | None:
@@ -483,17 +518,17 @@ def parse_cell(line: str, cell: str | None = None) -> Command:
         magic       = head_line { body_line }          (* head: the magic line; if it is
                                                           blank, the first non-blank line *)
         head_line   = query_head | use | layers | index | top_neurons | "jobs" | cancel | "status" | help
-        query_head  = ("topk" | "bottomk" | "knn") [ k ] { query_opt }
+        query_head  = ("topk" | "bottomk" | "knn") [ k ] { option }
         k           = INT | EXPR                       (* positive; default 10 *)
-        query_opt   = "-o" IDENT | "--wait" | in_session
-        in_session  = "in" "session" WORD
+        option      = FLAG [ IDENT ] | "in" "session" WORD   (* LINE_OPTIONS, as VERB_OPTIONS
+                                                          allows them for the verb *)
         use         = "use" [ WORD ] { KEY "=" value } (* KEY in USE_OPTIONS *)
         value       = WORD | STRING | EXPR
-        layers      = "layers" [ in_session ]
-        index       = "index" view { [","] view } { "--wait" | "--rebuild" | in_session }
-        extend      = "extend" value [ "labels" value ] { "--wait" | in_session }
+        layers      = "layers" { option }
+        index       = "index" view { [","] view } { option }
+        extend      = "extend" value [ "labels" value ] { option }
         view        = WORD | STRING | EXPR              (* "conv2", "conv2:mean" *)
-        top_neurons = "neurons" "top" count "of" "input" id "layer" view [ in_session ]
+        top_neurons = "neurons" "top" count "of" "input" id "layer" view { option }
         cancel      = "cancel" [ INT ]
         help        = "help" [ WORD ]
         body_line   = "layer" view
@@ -529,11 +564,14 @@ def parse_cell(line: str, cell: str | None = None) -> Command:
         what = f"unknown command {verb_tok.text!r}" if verb else f"expected a command, got {verb_tok.text!r}"
         raise _error(verb_tok, what, _suggest(verb, VERBS))
     if verb in QUERY_VERBS:
-        return _parse_query(verb_tok, _Stream(head[1:], verb_tok), body, text)
-    if verb == "inspect":
-        return _parse_inspect(verb_tok, _Stream(head[1:], verb_tok), body, text)
-    args = _Stream(head[1:] + [tok for toks in body for tok in toks], verb_tok)
-    return _SIMPLE_PARSERS[verb](args, verb_tok, text)
+        cmd = _parse_query(verb_tok, _Stream(head[1:], verb_tok), body, text)
+    elif verb == "inspect":
+        cmd = _parse_inspect(verb_tok, _Stream(head[1:], verb_tok), body, text)
+    else:
+        args = _Stream(head[1:] + [tok for toks in body for tok in toks], verb_tok)
+        cmd = _SIMPLE_PARSERS[verb](args, verb_tok, text)
+    cmd.spans[verb] = _span(head[1:] or [verb_tok])   # the magic line's arguments
+    return cmd
 
 
 def _original_text(line: str, cell: str | None) -> str:
@@ -553,6 +591,13 @@ def _source_lines(line: str, cell: str | None) -> list[tuple[int, str]]:
 
 
 # -- shared pieces --------------------------------------------------------------------------
+def _span(tokens: list[_Token]) -> Span:
+    """The span from the first token to the end of the last one on its line."""
+    first = tokens[0]
+    last = [tok for tok in tokens if tok.line == first.line][-1]
+    return Span(first.line, first.column, last.column + len(last.text) - first.column, first.source)
+
+
 def _expr(tok: _Token) -> Expr:
     return Expr(tok.value, tok.line, tok.column, tok.source, len(tok.text))
 
@@ -590,9 +635,10 @@ def _str_or_expr(tok: _Token, what: str) -> str | Expr:
     raise _error(tok, f"expected {what}, got {tok.text!r}")
 
 
-def _line_options(s: _Stream, allowed: tuple[str, ...]) -> tuple[list[_Token], dict]:
-    """Split a command line into positional tokens and options (-o NAME, --wait, in session X)."""
-    positional, opts = [], {}
+def _line_options(s: _Stream, verb: str, spans: dict) -> tuple[list[_Token], dict]:
+    """Split a command line into positional tokens and the verb's options of LINE_OPTIONS (-o NAME,
+    --wait, in session X); the spans of the options' values go to ``spans``."""
+    positional, opts, allowed = [], {}, VERB_OPTIONS[verb]
     while not s.done():
         tok = s.next()
         word = tok.word()
@@ -605,11 +651,13 @@ def _line_options(s: _Stream, allowed: tuple[str, ...]) -> tuple[list[_Token], d
             if opt in opts:
                 raise _error(tok, f"duplicate option {tok.text!r}")
             opts[opt] = _output_name(s, tok) if opt == "output" else True
+            spans[opt] = _span([s.tokens[s.i - 1]])
         elif word == "in" and s.peek_word("session") and "session" in allowed:
             s.next()
             if "session" in opts:
                 raise _error(tok, "duplicate 'in session'")
             opts["session"] = _session_name(s)
+            spans["session"] = _span([s.tokens[s.i - 1]])
         else:
             positional.append(tok)
     return positional, opts
@@ -632,17 +680,19 @@ def _session_name(s: _Stream) -> str:
 # -- queries --------------------------------------------------------------------------------
 def _parse_query(verb_tok: _Token, head: _Stream, body: list[list[_Token]], text: str) -> QueryCommand:
     kind = verb_tok.word()
-    positional, opts = _line_options(head, ("output", "wait", "session"))
+    spans: dict[str, Span] = {}
+    positional, opts = _line_options(head, kind, spans)
     k: int | Expr = 10
     if positional:
         k = _int_or_expr(positional[0], "k", 1)
+        spans["k"] = _span(positional[:1])
     if len(positional) > 1:
         extra = positional[1]
         hint = "; keyword lines go in the cell body" if extra.word() in _ALL_KEYWORDS else ""
         raise _error(extra, f"unexpected {extra.text!r} after k{hint}")
     found: dict[str, tuple[_Token, Any]] = {}
     for tokens in body:
-        kw_tok, kw, value = _parse_body_line(kind, tokens)
+        kw_tok, kw, value, span = _parse_body_line(kind, tokens)
         key = "neurons" if kw == "channels" else kw
         if key in found:
             first = found[key][0]
@@ -650,6 +700,7 @@ def _parse_query(verb_tok: _Token, head: _Stream, body: list[list[_Token]], text
                 raise _error(kw_tok, "give either 'neurons' or 'channels', not both")
             raise _error(kw_tok, f"duplicate {kw!r} line (first given on line {first.line})")
         found[key] = (kw_tok, value)
+        spans[key] = span
     if "session" in found and "session" in opts:
         raise _error(found["session"][0], "the session is already given on the magic line")
     for key in ("target", "layer", "neurons") if kind == "knn" else ("layer", "neurons"):
@@ -664,10 +715,11 @@ def _parse_query(verb_tok: _Token, head: _Stream, body: list[list[_Token]], text
                         by=get("by", "sum"), metric=get("metric", "l2"), target=get("target"),
                         include_target=get("include", False), filter=get("where"),
                         output=opts.get("output"), wait=opts.get("wait", False),
-                        session=opts.get("session", get("session")), text=text)
+                        session=opts.get("session", get("session")), text=text, spans=spans)
 
 
-def _parse_body_line(kind: str, tokens: list[_Token]) -> tuple[_Token, str, Any]:
+def _parse_body_line(kind: str, tokens: list[_Token]) -> tuple[_Token, str, Any, Span]:
+    """A body line's keyword token, keyword, value and the value's span."""
     s = _Stream(tokens, tokens[0])
     kw_tok = s.next()
     kw = kw_tok.word()
@@ -680,9 +732,10 @@ def _parse_body_line(kind: str, tokens: list[_Token]) -> tuple[_Token, str, Any]
             raise _error(kw_tok, f"{kw!r} is not used by {kind}", _OTHER_VERB_HINT.get(kw))
         what = f"unknown keyword {kw_tok.text!r}" if kw else f"expected a keyword, got {kw_tok.text!r}"
         raise _error(kw_tok, what, _suggest(kw, allowed))
+    span = _span(s.tokens[s.i:] or [kw_tok])
     value = _BODY_PARSERS[kw](s, kw_tok)
     s.finish(f"in the {kw!r} line")
-    return kw_tok, kw, value
+    return kw_tok, kw, value, span
 
 
 def _p_layer(s: _Stream, kw: _Token) -> str | Expr:
@@ -760,14 +813,14 @@ def _range(tok: _Token) -> Range:
 
 
 def _p_by(s: _Stream, kw: _Token) -> str | Weights | Expr:
-    tok = s.expect("an aggregation after 'by' (sum, mean, max, l2 or weights ...)")
+    tok = s.expect(f"an aggregation after 'by' ({_one_of(AGGREGATIONS + ('weights',))} ...)")
     if tok.kind == "expr":
         return _expr(tok)
     if tok.word() in AGGREGATIONS:
         return tok.word()
     if tok.word() == "weights":
         return Weights(_weights(s, tok))
-    raise _error(tok, f"unknown aggregation {tok.text!r}; use sum, mean, max, l2 or weights",
+    raise _error(tok, f"unknown aggregation {tok.text!r}; use {_one_of(AGGREGATIONS + ('weights',))}",
                  _suggest(tok.word(), AGGREGATIONS + ("weights",)))
 
 
@@ -788,10 +841,10 @@ def _weights(s: _Stream, kw: _Token) -> list:
 
 
 def _p_metric(s: _Stream, kw: _Token) -> str:
-    tok = s.expect("a metric after 'metric' (l2, l1, linf or cosine)")
+    tok = s.expect(f"a metric after 'metric' ({_one_of(METRICS)})")
     if tok.word() in METRICS:
         return tok.word()
-    raise _error(tok, f"unknown metric {tok.text!r}; use l2, l1, linf or cosine", _suggest(tok.word(), METRICS))
+    raise _error(tok, f"unknown metric {tok.text!r}; use {_one_of(METRICS)}", _suggest(tok.word(), METRICS))
 
 
 def _p_target(s: _Stream, kw: _Token) -> int | Expr:
@@ -877,7 +930,8 @@ _BODY_PARSERS = {
 
 # -- inspect --------------------------------------------------------------------------------
 def _parse_inspect(verb_tok: _Token, head: _Stream, body: list[list[_Token]], text: str) -> InspectCommand:
-    positional, opts = _line_options(head, ("output", "wait", "session"))
+    spans: dict[str, Span] = {}
+    positional, opts = _line_options(head, "inspect", spans)
     if positional:
         raise _error(positional[0], f"unexpected {positional[0].text!r} after 'inspect'; "
                                     "keyword lines (layer, hypotheses, measures...) go in the cell body")
@@ -895,7 +949,9 @@ def _parse_inspect(verb_tok: _Token, head: _Stream, body: list[list[_Token]], te
             raise _error(kw_tok, what + " in inspect", _suggest(kw, _INSPECT_KEYWORDS))
         if kw in found:
             raise _error(kw_tok, f"duplicate {kw!r} line (first given on line {found[kw][0].line})")
+        span = _span(s.tokens[s.i:] or [kw_tok])
         found[kw] = (kw_tok, _inspect_value(s, kw_tok, kw))
+        spans[kw] = span
         s.finish(f"in the {kw!r} line")
     for key in ("layer", "hypotheses"):
         if key not in found:
@@ -913,7 +969,8 @@ def _parse_inspect(verb_tok: _Token, head: _Stream, body: list[list[_Token]], te
     return InspectCommand(views=get("layer"), hypotheses=get("hypotheses"), measures=get("measures"),
                           units=get("units"), options=options, tokenizer=get("tokenizer"), filter=get("where"),
                           output=opts.get("output"), wait=opts.get("wait", False),
-                          session=opts.get("session", get("session")), models=get("models"), text=text)
+                          session=opts.get("session", get("session")), models=get("models"), text=text,
+                          spans=spans)
 
 
 def _inspect_value(s: _Stream, kw_tok: _Token, kw: str) -> Any:
@@ -923,7 +980,7 @@ def _inspect_value(s: _Stream, kw_tok: _Token, kw: str) -> Any:
         if kw == "measures":
             bad = next((tok for tok in tokens if tok.kind != "word"), None)
             if bad is not None:
-                raise _error(bad, f"measures are names (pearson, auroc, mi, iou, probe), got {bad.text!r}")
+                raise _error(bad, f"measures are names ({', '.join(MEASURES)}), got {bad.text!r}")
         items = [_str_or_expr(tok, what) for tok in tokens]
         if not items:
             raise s.end_error(f"expected {kw} after {kw_tok.text!r}")
@@ -942,18 +999,18 @@ def _inspect_value(s: _Stream, kw_tok: _Token, kw: str) -> Any:
     if kw == "models":
         return _model_names(s, kw_tok)
     tok = s.expect(f"a value after {kw_tok.text!r}")
-    kind = INSPECT_OPTIONS[kw]
+    meta = INSPECT_OPTIONS[kw]
     if tok.kind == "expr":
         return _expr(tok)
-    if kind.endswith("?") and tok.word() == "none":
+    if meta.get("none") and tok.word() == "none":
         return None
-    if kind == "float":
+    if meta["kind"] == "float":
         return _number(tok, kw)
-    if kind == "bool":
+    if meta["kind"] == "bool":
         if tok.word() in _BOOLS:
             return _BOOLS[tok.word()]
         raise _error(tok, f"{kw} needs true or false, got {tok.text!r}")
-    return _int(tok, kw, 0 if kind == "int0" else 1)
+    return _int(tok, kw, meta.get("min", 1))
 
 
 def _model_names(s: _Stream, kw_tok: _Token) -> list[str]:
@@ -983,6 +1040,7 @@ def _rest(s: _Stream) -> list[_Token]:
 def _parse_use(s: _Stream, verb_tok: _Token, text: str) -> UseCommand:
     name: Any = None
     options: dict[str, Any] = {}
+    spans: dict[str, Span] = {}
     while not s.done():
         tok = s.next()
         nxt = s.peek()
@@ -997,12 +1055,14 @@ def _parse_use(s: _Stream, verb_tok: _Token, text: str) -> UseCommand:
             if s.peek() is not None and s.peek().kind == "=":  # `model= data=x`
                 raise QuerySyntaxError(f"expected a value after {key}=", nxt.line, nxt.column + 1, nxt.source)
             value = _use_value(value_tok, key)
+            spans[key] = _span([value_tok])
             if key == "name":
                 name = value
             else:
                 options[key] = value
         elif tok.kind in ("word", "string", "expr") and name is None and not options:
             name = _str_or_expr(tok, "a session name")
+            spans["name"] = _span([tok])
         else:
             raise _error(tok, f"unexpected {tok.text!r}; use takes a session name and key=value options")
     if name is None and not options:
@@ -1010,18 +1070,18 @@ def _parse_use(s: _Stream, verb_tok: _Token, text: str) -> UseCommand:
     for required in ("model", "data"):
         if options and required not in options:
             raise _error(verb_tok, f"use needs {required}=... to create a session")
-    return UseCommand(name, options, text=text)
+    return UseCommand(name, options, text=text, spans=spans)
 
 
 def _use_value(tok: _Token, key: str) -> Any:
     kind = USE_OPTIONS[key]
     if tok.kind == "expr":
         return _expr(tok)
-    if kind == "name":
+    if kind == "object":
         if tok.kind == "word" and all(p.isidentifier() and not keyword.iskeyword(p) for p in tok.text.split(".")):
             return Name(tok.text, tok.line, tok.column, tok.source, len(tok.text))
         raise _error(tok, f"{key}= needs a variable name or a {{expression}}, got {tok.text!r}")
-    if kind == "str":
+    if kind in ("str", "str|object"):
         return _str_or_expr(tok, f"a value for {key}=")
     if kind == "int":
         return _int(tok, key, 1)
@@ -1033,32 +1093,41 @@ def _use_value(tok: _Token, key: str) -> Any:
 
 
 def _parse_layers(s: _Stream, verb_tok: _Token, text: str) -> LayersCommand:
-    positional, opts = _line_options(s, ("session",))
+    spans: dict[str, Span] = {}
+    positional, opts = _line_options(s, "layers", spans)
     if positional:
         raise _error(positional[0], f"unexpected {positional[0].text!r} after 'layers'")
-    return LayersCommand(opts.get("session"), text=text)
+    return LayersCommand(opts.get("session"), text=text, spans=spans)
 
 
 def _parse_index(s: _Stream, verb_tok: _Token, text: str) -> IndexCommand:
-    positional, opts = _line_options(s, ("wait", "session", "rebuild"))
-    views = [_str_or_expr(tok, "a layer name") for tok in positional if tok.kind != ","]
+    spans: dict[str, Span] = {}
+    positional, opts = _line_options(s, "index", spans)
+    tokens = [tok for tok in positional if tok.kind != ","]
+    views = [_str_or_expr(tok, "a layer name") for tok in tokens]
     if not views:
         raise _error(verb_tok, "index needs at least one layer, e.g. 'index conv2 fc1'")
+    spans.update({f"views[{i}]": _span([tok]) for i, tok in enumerate(tokens)})
     return IndexCommand(views, wait=opts.get("wait", False), session=opts.get("session"), text=text,
-                        rebuild=opts.get("rebuild", False))
+                        rebuild=opts.get("rebuild", False), spans=spans)
 
 
 def _parse_extend(s: _Stream, verb_tok: _Token, text: str) -> ExtendCommand:
-    positional, opts = _line_options(s, ("wait", "session"))
+    spans: dict[str, Span] = {}
+    positional, opts = _line_options(s, "extend", spans)
     rest = _Stream(positional, verb_tok)
     tok = rest.expect("the new inputs after 'extend' (a variable name or {expression})")
     data = _value(tok, "the new inputs")
+    spans["data"] = _span([tok])
     labels = None
     if rest.peek_word("labels"):
         rest.next()
-        labels = _value(rest.expect("the labels of the new inputs after 'labels'"), "the labels")
+        tok = rest.expect("the labels of the new inputs after 'labels'")
+        labels = _value(tok, "the labels")
+        spans["labels"] = _span([tok])
     rest.finish("after the new inputs (and 'labels ...')")
-    return ExtendCommand(data, labels, wait=opts.get("wait", False), session=opts.get("session"), text=text)
+    return ExtendCommand(data, labels, wait=opts.get("wait", False), session=opts.get("session"), text=text,
+                         spans=spans)
 
 
 def _value(tok: _Token, what: str) -> Any:
@@ -1083,20 +1152,24 @@ def _parse_cancel(s: _Stream, verb_tok: _Token, text: str) -> CancelCommand:
     tok = s.next()
     job = None if tok is None else _int(tok, "the job id", 0)
     s.finish("after the job id")
-    return CancelCommand(job, text=text)
+    return CancelCommand(job, text=text, spans={} if tok is None else {"job": _span([tok])})
 
 
 def _parse_top_neurons(s: _Stream, verb_tok: _Token, text: str) -> NeuronsCommand:
-    positional, opts = _line_options(s, ("session",))
+    spans: dict[str, Span] = {}
+    positional, opts = _line_options(s, "neurons", spans)
     rest = _Stream(positional, verb_tok)
     if not rest.peek_word("top"):
         tok = rest.peek()
         raise _error(tok or verb_tok, "expected 'neurons top N of input ID layer VIEW'")
-    spec = _p_neurons(rest, verb_tok)
+    spec = _p_neurons(rest, verb_tok)   # top N of input ID
+    spans["count"], spans["input"] = _span(positional[1:2]), _span(positional[4:5])
     rest.expect_word("layer", "the input id")
-    layer = _str_or_expr(rest.expect("a layer name after 'layer'"), "a layer name")
+    tok = rest.expect("a layer name after 'layer'")
+    layer = _str_or_expr(tok, "a layer name")
+    spans["layer"] = _span([tok])
     rest.finish("after the layer")
-    return NeuronsCommand(spec.n, spec.input_id, layer, opts.get("session"), text=text)
+    return NeuronsCommand(spec.n, spec.input_id, layer, opts.get("session"), text=text, spans=spans)
 
 
 def _parse_help(s: _Stream, verb_tok: _Token, text: str) -> HelpCommand:
@@ -1137,8 +1210,9 @@ def resolve(value: Any, namespace: Mapping[str, Any]) -> Any:
     return value
 
 
-def _at(node: Expr | Name, message: str, suggestion: str | None = None) -> QuerySyntaxError:
-    return QuerySyntaxError(message, node.line, node.column, node.source_line, suggestion, node.width)
+def error_at(where: Expr | Name | Span, message: str, suggestion: str | None = None) -> QuerySyntaxError:
+    """A QuerySyntaxError under a value of the magic text (an Expr, a Name or a Span)."""
+    return QuerySyntaxError(message, where.line, where.column, where.source_line, suggestion, where.width)
 
 
 def _visible(namespace: Mapping[str, Any]) -> list[str]:
@@ -1152,19 +1226,19 @@ def _evaluate(expr: Expr, namespace: Mapping[str, Any]) -> Any:
     except Exception as e:  # noqa: BLE001 - re-raised with its position
         missing = getattr(e, "name", None) if isinstance(e, NameError) else None
         suggestion = _suggest(missing, _visible(namespace)) if isinstance(missing, str) else None
-        raise _at(expr, f"{{{expr.text}}} failed: {type(e).__name__}: {e}", suggestion) from e
+        raise error_at(expr, f"{{{expr.text}}} failed: {type(e).__name__}: {e}", suggestion) from e
 
 
 def _lookup(name: Name, namespace: Mapping[str, Any]) -> Any:
     first, *rest = name.text.split(".")
     if first not in namespace:
-        raise _at(name, f"name {first!r} is not defined", _suggest(first, _visible(namespace)))
+        raise error_at(name, f"name {first!r} is not defined", _suggest(first, _visible(namespace)))
     value = namespace[first]
     for attr in rest:
         try:
             value = getattr(value, attr)
         except Exception as e:  # noqa: BLE001 - re-raised with its position
-            raise _at(name, f"{name.text}: {type(e).__name__}: {e}") from e
+            raise error_at(name, f"{name.text}: {type(e).__name__}: {e}") from e
     return value
 
 
@@ -1214,7 +1288,7 @@ def _tuple_of(item: tuple, namespace: Mapping[str, Any]) -> tuple[int, ...]:
     for v in item:
         i = _as_index(resolve(v, namespace))
         if i is None:
-            raise _at(v, f"{{{v.text}}} must give an integer index")
+            raise error_at(v, f"{{{v.text}}} must give an integer index")
         values.append(i)
     return tuple(values)
 
@@ -1227,18 +1301,18 @@ def _neurons_of(value: Any, expr: Expr, tuples: bool) -> list[int | tuple[int, .
         return [_as_index_tuple(value)]
     what = "neuron indices or index tuples" if tuples else "channel numbers"
     if isinstance(value, (str, bytes)):
-        raise _at(expr, f"{{{expr.text}}} gave a string; expected {what}")
+        raise error_at(expr, f"{{{expr.text}}} gave a string; expected {what}")
     try:
         elements = list(value)
     except TypeError:
-        raise _at(expr, f"{{{expr.text}}} gave {type(value).__name__}; expected {what}") from None
+        raise error_at(expr, f"{{{expr.text}}} gave {type(value).__name__}; expected {what}") from None
     out: list[int | tuple[int, ...]] = []
     for el in elements:
         index = _as_index(el)
         if index is None and tuples:
             index = _as_index_tuple(el)
         if index is None:
-            raise _at(expr, f"{{{expr.text}}} contains {el!r}; expected {what}")
+            raise error_at(expr, f"{{{expr.text}}} contains {el!r}; expected {what}")
         out.append(index)
     return out
 
@@ -1261,12 +1335,48 @@ def expand_weights(weights: Weights, namespace: Mapping[str, Any]) -> list[float
             except (TypeError, ValueError):
                 w = math.nan
             if not math.isfinite(w) or w < 0:
-                raise _at(item, f"{{{item.text}}} gave {v!r}; weights must be non-negative numbers")
+                raise error_at(item, f"{{{item.text}}} gave {v!r}; weights must be non-negative numbers")
             out.append(w)
     return out
 
 
 # -- help -----------------------------------------------------------------------------------
+def _flags(verb: str, *skip: str) -> str:
+    """A verb's magic-line options (but ``skip``) as help shows them: ``[-o VAR] [--wait]``."""
+    shown = []
+    for name in [o for o in VERB_OPTIONS[verb] if o not in skip]:
+        spellings, value, _ = LINE_OPTIONS[name]
+        shown.append(f"[{spellings[0]} {value}]" if value else f"[{spellings[0]}]")
+    return " ".join(shown)
+
+
+def _wrap(items: list[str], indent: str = "  ", width: int = 96) -> str:
+    """Items joined by spaces into indented lines of at most ``width`` characters."""
+    lines = [indent]
+    for item in items:
+        if len(lines[-1]) + len(item) > width and lines[-1].strip():
+            lines.append(indent)
+        lines[-1] += ("" if lines[-1] == indent else " ") + item
+    return "\n".join(lines)
+
+
+def _inspect_option(name: str) -> str:
+    """``[patience 3|none]``: an inspect option line with its default."""
+    f = next(f for f in fields(InspectOptions) if f.name == name)
+    value = str(f.default).lower() if isinstance(f.default, bool) else "N" if f.default is None else str(f.default)
+    return f"[{name} {value}{'|none' if f.metadata.get('none') else ''}]"
+
+
+def _line_options_help() -> str:
+    rows = []
+    for name, (spellings, value, what) in LINE_OPTIONS.items():
+        spelled = ", ".join(f"{s} {value}" if value else s for s in spellings)
+        verbs = ", ".join(v for v, options in VERB_OPTIONS.items() if name in options)
+        rows.append(f"  {spelled:<24}{what} ({verbs})")
+    return "options of the magic line:\n" + "\n".join(rows)
+
+
+_USE_SHOWN = ("model", "data", "index", "name", "labels", "batch_size")   # in the usage line of `help use`
 HELP = {
     "": "%everest commands: use, layers, index, topk, bottomk, knn, inspect, neurons, jobs, cancel, status, help.\n"
         "  %everest use model=net data=images index=idx   open a session (name=..., labels=...)\n"
@@ -1274,40 +1384,39 @@ HELP = {
         "  %%everest topk 10                                 then lines: layer, neurons, by, where\n"
         "  %%everest knn 10                                  then lines: target, layer, neurons, metric\n"
         "  %%everest inspect                                 then lines: layer, hypotheses, measures\n"
-        "`%everest help TOPIC` explains a command or keyword; `help expressions` the {...} syntax.",
+        "`%everest help TOPIC` explains a command or keyword; `help expressions` the {...} syntax,\n"
+        "`help options` the magic-line options (-o, --wait...).",
     "use": "use model=NAME data=NAME [index=PATH] [name=NAME] [labels=NAME] [batch_size=N] ...\n"
            "  opens a session (and makes it current); `use NAME` switches to a named session.\n"
-           "  Other keys: collate, forward, render, tokenizer, device, partitions, memory_budget, cache_bytes,\n"
-           "  index_cache_bytes, tolerance, ratio, min_list, scheme, lazy, rebuild, data_fingerprint.\n"
+           + _wrap(["Other", "keys:"] + [f"{k}," for k in USE_OPTIONS if k not in _USE_SHOWN])[:-1] + ".\n"
            "  Values may be {expressions}.",
-    "layers": "layers [in session NAME]: the model's layers, their output shapes and what is indexed.",
-    "index": "index VIEW ... [--wait] [--rebuild] [in session NAME]: build the index of views such as conv2\n"
+    "layers": f"layers {_flags('layers')}: the model's layers, their output shapes and what is indexed.",
+    "index": f"index VIEW ... {_flags('index')}: build the index of views such as conv2\n"
              "  or conv2:mean (channel means) in the background; --wait blocks until it is done. Views\n"
              "  already indexed are left as they are; --rebuild builds them again.",
-    "extend": "extend DATA [labels LABELS] [--wait] [in session NAME]: append new inputs (a variable or\n"
+    "extend": f"extend DATA [labels LABELS] {_flags('extend')}: append new inputs (a variable or\n"
               "  {expression} of the dataset's kind) to the dataset and to every indexed view, without a\n"
               "  rebuild; they get the next ids.",
-    "topk": "%%everest topk K [-o VAR] [--wait]\n  layer VIEW\n  neurons 5, 17, 301 | channels 3, 7\n"
-            "  [by sum|mean|max|l2|weights w1, w2, ...]\n  [where labels == 7]\n"
+    "topk": f"%%everest topk K {_flags('topk', 'session')}\n  layer VIEW\n  neurons 5, 17, 301 | channels 3, 7\n"
+            f"  [by {'|'.join(AGGREGATIONS)}|weights w1, w2, ...]\n  [where labels == 7]\n"
             "the K inputs with the highest aggregate activation of the neuron group.",
     "bottomk": "%%everest bottomk K ...: like topk, the K inputs with the lowest aggregate activation.",
-    "knn": "%%everest knn K [-o VAR] [--wait]\n  target ID | {tensor}\n  layer VIEW\n"
-           "  neurons ... | neurons top N of input ID\n  [metric l2|l1|linf|cosine]\n  [include target]\n"
+    "knn": f"%%everest knn K {_flags('knn', 'session')}\n  target ID | {{tensor}}\n  layer VIEW\n"
+           f"  neurons ... | neurons top N of input ID\n  [metric {'|'.join(METRICS)}]\n  [include target]\n"
            "the K inputs nearest to the target in the group's activation space\n"
            "(a dataset target is left out of its own answer unless `include target`).",
-    "inspect": "%%everest inspect [-o VAR] [--wait]\n  layer VIEW, VIEW ...\n"
+    "inspect": f"%%everest inspect {_flags('inspect', 'session')}\n  layer VIEW, VIEW ...\n"
                "  hypotheses class, ink, keyword:return|yield, {labels_array}, ...\n"
-               "  [measures pearson, auroc, mi, iou, probe]   (default: by hypothesis kind)\n"
+               f"  [measures {', '.join(MEASURES)}]   (default: by hypothesis kind)\n"
                "  [units 0:10]  [where labels == 3]  [tokenizer {tok}]  [models NAME, NAME ...]\n"
-               "  [epsilon 0.05] [confidence 0.95] [top 5] [patience 3|none] [min_inputs 500]\n"
-               "  [max_inputs 10000|none] [early_stop true] [bins 10] [q 0.005] [holdout 0.2] [seed 0]\n"
+               + _wrap([_inspect_option(name) for name in INSPECT_OPTIONS]) + "\n"
                "which units track each hypothesis, and how strongly: a ranked table per hypothesis\n"
                "(click a unit for its top-k gallery); -o binds the long DataFrame. A models line\n"
                "inspects several sessions over the same data in one pass (rows gain a model column).",
     "hypotheses": "hypotheses NAME | {expr}, ...: built-in names (ink, brightness, thickness, class,\n"
                   "  ink_mask, quotes, brackets, punctuation, capitalised, code, position,\n"
                   "  keyword:a|b, regex:..., contains:...) or {labels, functions, masks, Hypothesis}.",
-    "measures": "measures pearson, auroc, mi, iou, probe (inspect; default: chosen by hypothesis kind)",
+    "measures": f"measures {', '.join(MEASURES)} (inspect; default: chosen by hypothesis kind)",
     "jobs": "jobs: list background index builds and queries.",
     "cancel": "cancel [JOB]: cancel a background job (default: every unfinished one).",
     "status": "status: the sessions, their models, datasets and indexes.",
@@ -1316,13 +1425,14 @@ HELP = {
     "neurons": "neurons 5, 17 | (3, 4, 5), (3, 4, 6) | 0:64:2 | {expr} | top N of input ID   (a query line)\n"
                "%everest neurons top N of input ID layer VIEW: the N most activated neurons of one input.",
     "channels": "channels 3, 7: channel numbers of a channel view (layer conv2:mean).",
-    "by": "by sum | mean | max | l2 | weights w1, w2, ... (non-negative, one per neuron)",
-    "metric": "metric l2 | l1 | linf | cosine (knn only; default l2)",
+    "by": f"by {' | '.join(AGGREGATIONS)} | weights w1, w2, ... (non-negative, one per neuron)",
+    "metric": f"metric {' | '.join(METRICS)} (knn only; default l2)",
     "target": "target ID | {expr}: the knn target, a dataset input id or an input tensor.",
     "include": "include target: let a dataset target appear in its own knn answer.",
     "where": "where labels == 7 | labels != 7 | labels in (1, 2) | ids not in {expr}\n"
              "  (`label` and `id` work too: galleries and DataFrames call the column `label`)",
     "session": "in session NAME (or session NAME): run the query on a named session.",
+    "options": _line_options_help(),
     "expressions": "{python expression} is evaluated in the notebook namespace when the command\n"
                    "runs: %%everest topk {k}, layer {name}, neurons {ids}, where ids in {allowed}.",
 }

@@ -1,14 +1,18 @@
 """Kernel state of the extension: named sessions, the job manager, the query history."""
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..engine import Job, JobManager, Session
 from ..engine.errors import QueryError, UnknownNameError
+
+HISTORY_LIMIT = 500   # history entries the kernel keeps (and the sidebar shows), the oldest dropped first
 
 
 @dataclass
@@ -45,8 +49,8 @@ class KernelState:
         self.renders: dict[str, Callable | None] = {}
         self.tokenizers: dict[str, Any] = {}   # session -> tokenizer for text galleries (use ... tokenizer=)
         self.jobs = JobManager()
-        self.history: list[HistoryEntry] = []
-        self.verbose = False
+        self.history: deque[HistoryEntry] = deque(maxlen=HISTORY_LIMIT)
+        self._history_ids = itertools.count(1)
         self._listeners: list[Callable[[str, Any], None]] = []
         self._lock = threading.Lock()
         self.jobs.on_change(lambda job: self.emit("job", job))
@@ -116,13 +120,13 @@ class KernelState:
         return {i: j for m in self.job_managers() for i, j in list(m.jobs.items())}
 
     def job_rows(self) -> list[dict]:
-        """`JobManager.status()` rows of every job of the kernel, oldest first."""
+        """`Job.to_json()` of every job of the kernel, oldest first."""
         return sorted((row for m in self.job_managers() for row in m.status()), key=lambda r: r["id"])
 
     # -- history ------------------------------------------------------------------------
     def record(self, text: str, kind: str, session: str, job_id: int | None = None) -> HistoryEntry:
         with self._lock:
-            entry = HistoryEntry(len(self.history) + 1, text, kind, session, job_id=job_id)
+            entry = HistoryEntry(next(self._history_ids), text, kind, session, job_id=job_id)
             self.history.append(entry)
         self.emit("history", entry)
         return entry
@@ -143,12 +147,12 @@ class KernelState:
                 pass
 
     def snapshot(self) -> dict:
-        """A JSON-friendly picture of the state: sessions (the magics', then those made from Python),
-        indexed views, jobs, history."""
+        """A JSON-friendly picture of the state: sessions (the magics', then those made from Python)
+        with their indexed views (`ViewInfo.to_json()`), jobs (`Job.to_json()`), history."""
         sessions = [_session_row(name, s, "magic", name == self.current) for name, s in list(self.sessions.items())]
         sessions += [_session_row(name, s, "python", False) for name, s in sorted(self.python_sessions.items())]
         return {"sessions": [row for row in sessions if row is not None], "jobs": self.job_rows(),
-                "history": [h.as_dict() for h in self.history]}
+                "history": [h.as_dict() for h in list(self.history)]}
 
     def close(self) -> None:
         self.jobs.shutdown(2)
@@ -167,9 +171,7 @@ def _views(s: Session) -> list[str]:
 def _session_row(name: str, s: Session, origin: str, current: bool) -> dict | None:
     """One session for the sidebar (None when it cannot be read, e.g. closed)."""
     try:
-        views = [{"name": v, "neurons": info.m, "bytes": info.bytes_on_disk, "full_bytes": info.full_bytes,
-                  "ratio": info.size_ratio, "P": info.P, "list_ratio": info.ratio}
-                 for v, info in s.indexed().items()]
+        views = [info.to_json() for info in s.indexed().values()]
         return {"name": name, "session_name": s.name, "origin": origin, "current": current,
                 "model": type(s.runner.model).__name__, "data": f"{type(s.data.data).__name__} of {s.n}", "n": s.n,
                 "index": str(s.index_path), "device": str(s.runner.device), "views": views}

@@ -39,7 +39,7 @@ class JobProgress(W.HBox):
         """Copy the job's state to the child widgets (any thread; the latest state always wins)."""
         with self._lock:
             job = self.job
-            status, done, total = job.status, int(job.done), int(job.total)
+            status, done, total = job.status, int(job.done_units), int(job.total)
             ended = status in _ENDED and job.is_done()
             top = max(total, 1)
             value = top if status == "done" else min(max(done, 0), top)

@@ -36,7 +36,7 @@ def token_pieces(session: Any, result: Any, tokenizer: Any = None) -> tuple[list
     if not isinstance(batch, Mapping) or "input_ids" not in batch:
         return None
     # the session's model lock: a build or query may be running hooks on the same model
-    out = session._locked(session.runner.capture, [view.layer], batch)[view.layer]
+    out = session.source.capture([view.layer], batch)[view.layer]
     if out.dim() != 3:
         return None
     group = np.asarray(result.neurons, np.int64)
