@@ -48,39 +48,14 @@ BATCH = 128
 # -- the baseline: the streaming build's first kernel (strided reads, binary search) -----------
 @njit(nogil=True, parallel=True, cache=True)
 def _accumulate_v0(A, ids, col0, cuts, pids, counts, lo, hi, top_v, top_i, top_n, bot_v, bot_i, bot_n, bad):
+    """Neuron by neuron, each one's column of A read in place (strided) and folded value by
+    value with binary-search ids: `kernels._fold_slow`, which the kernel now keeps for
+    batches with non-finite values."""
     B, m = A.shape
     t = top_v.shape[1]
-    wide = cuts.shape[1] > 255
     for j in prange(m):
-        if wide:
-            for r in range(B):
-                pids[j, ids[r] - col0] = K._pid16(cuts, j, A[r, j])
-        else:
-            for r in range(B):
-                pids[j, ids[r] - col0] = K._pid8(cuts, j, A[r, j])
-        tv, ti = np.inf, -1
-        bv, bi = -np.inf, -1
-        if t > 0:
-            tv, ti = (-np.inf, 1 << 62) if top_n[j] < t else (top_v[j, 0], top_i[j, 0])
-            bv, bi = (np.inf, 1 << 62) if bot_n[j] < t else (bot_v[j, 0], bot_i[j, 0])
-        for r in range(B):
-            v = A[r, j]
-            if not (v - v == 0.0):
-                bad[j] = True
-                continue
-            i = ids[r]
-            p = pids[j, i - col0]
-            counts[j, p] += 1
-            if v < lo[j, p]:
-                lo[j, p] = v
-            if v > hi[j, p]:
-                hi[j, p] = v
-            if v > tv or (v == tv and i < ti):
-                K._offer(top_v, top_i, top_n, j, v, i, True)
-                tv, ti = (-np.inf, 1 << 62) if top_n[j] < t else (top_v[j, 0], top_i[j, 0])
-            if v < bv or (v == bv and i < bi):
-                K._offer(bot_v, bot_i, bot_n, j, v, i, False)
-                bv, bi = (np.inf, 1 << 62) if bot_n[j] < t else (bot_v[j, 0], bot_i[j, 0])
+        K._fold_slow(A[:, j], B, ids, col0, cuts, j, pids, counts, lo, hi, top_v, top_i, top_n,
+                     bot_v, bot_i, bot_n, bad, t)
 
 
 KERNELS = {"v0 (first streaming kernel)": _accumulate_v0, "now (kernels.accumulate)": K.accumulate}

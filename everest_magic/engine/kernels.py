@@ -23,7 +23,8 @@ def _start_threads_passive() -> None:
     """Start numba's thread pool with passive waiting. Its OpenMP runtime (the system
     libgomp, not the copy torch loaded) reads OMP_WAIT_POLICY once, when the pool starts;
     its threads otherwise spin after each parallel call and slow the model's forward pass
-    running next on the same cores. Torch's own runtime is already loaded and unaffected."""
+    running next on the same cores. Torch's own runtime is already loaded and unaffected.
+    EVEREST_OMP_ACTIVE=1 in the environment leaves the pool's default (spinning) policy."""
     if os.environ.get("EVEREST_OMP_ACTIVE"):
         return
     from numba.np.ufunc import parallel
@@ -122,6 +123,18 @@ def _transpose(A, j0, w, X):
     for r in range(A.shape[0]):
         for q in range(w):
             X[q, r] = A[r, j0 + q]
+
+
+@njit(inline="always")
+def _tile(A, tile):
+    """(j0, w, X, cnt, c8) of tile `tile` of A's (B, m) columns: its first neuron, its width,
+    its columns transposed into X (TILE, B), and the partition-id scratch of `_ids_of`."""
+    B, m = A.shape
+    j0 = tile * TILE
+    w = min(TILE, m - j0)
+    X = np.empty((TILE, B), np.float32)
+    _transpose(A, j0, w, X)
+    return j0, w, X, np.empty(B, np.uint16), np.empty(B, np.uint8)
 
 
 @njit(inline="always")
@@ -235,14 +248,9 @@ def accumulate(A, ids, col0, cuts, pids, counts, lo, hi, top_v, top_i, top_n, bo
     for r in range(B):
         idmin = min(idmin, ids[r])
     for tile in prange((m + TILE - 1) // TILE):
-        j0 = tile * TILE
-        w = min(TILE, m - j0)
-        X = np.empty((TILE, B), np.float32)
-        cnt = np.empty(B, np.uint16)
-        c8 = np.empty(B, np.uint8)
+        j0, w, X, cnt, c8 = _tile(A, tile)
         cand = np.empty(B, np.int64)
         hist = np.empty(4 * H, np.int64)
-        _transpose(A, j0, w, X)
         for q in range(w):
             j = j0 + q
             x = X[q]
@@ -296,12 +304,7 @@ def partition_ids(A, cuts, out):
     B, m = A.shape
     wide = cuts.shape[1] > 255
     for tile in prange((m + TILE - 1) // TILE):
-        j0 = tile * TILE
-        w = min(TILE, m - j0)
-        X = np.empty((TILE, B), np.float32)
-        cnt = np.empty(B, np.uint16)
-        c8 = np.empty(B, np.uint8)
-        _transpose(A, j0, w, X)
+        j0, w, X, cnt, c8 = _tile(A, tile)
         for q in range(w):
             j = j0 + q
             x = X[q]
