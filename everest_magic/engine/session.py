@@ -296,7 +296,7 @@ class Session:
         """The view's index, building it now when missing and the session is lazy."""
         v = self.view(view)
         if not self.can_query(v.name):
-            pending = self._builds.get(v.name)
+            pending = self.pending_build(v.name)
             if pending is not None:   # a build in the background makes it: wait for that one
                 pending.wait()
             with self._build_lock:
@@ -417,13 +417,13 @@ class Session:
         group = self.neuron_ids(v.name, neurons)   # every argument is checked before a build
         allowed = self.allowed(filter)
         Q.check_metric(metric)
+        tid = None
         if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
             with about("target"):
-                self.input_id(target)
+                tid = self.input_id(target)
         self.ensure_indexed(v.name)
         pre = QueryStats(n=self.n)
-        if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-            tid = self.input_id(target)
+        if tid is not None:
             trow = self.fetch(v.name, np.array([tid]), pre)[0]
             if not include_target:
                 allowed = allowed.copy()

@@ -80,7 +80,6 @@ def inspect(sessions: Models, views: Views, hypotheses: Any, measures: Any = "au
 
     See `run_inspect` for the arguments.
     """
-    _check_names(options)
     if wait:
         return run_inspect(sessions, views, hypotheses, measures, **options)
     return inspect_job(sessions, views, hypotheses, measures, **options)

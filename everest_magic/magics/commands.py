@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from ..engine import Job, Session
-from ..engine.config import SessionConfig
 from ..engine.errors import EverestError, JobCancelled, QueryError, UnknownNameError
 from ..engine.query import make_aggregation
 from . import parser as P
@@ -79,7 +78,6 @@ def at_span(e: EverestError, span: P.Span) -> P.QuerySyntaxError:
 
 # -- use / layers / index ---------------------------------------------------------------------
 
-SESSION_OPTIONS = {f.name for f in fields(SessionConfig)}   # the `use` keys Session takes as keywords
 
 
 def do_use(cmd: P.UseCommand, ctx: MagicContext) -> Any:
@@ -98,10 +96,9 @@ def do_use(cmd: P.UseCommand, ctx: MagicContext) -> Any:
     tokenizer = values.pop("tokenizer", None)
     model, data = values.pop("model"), values.pop("data")
     index = values.pop("index", None)
-    kwargs = {k: v for k, v in values.items() if k in SESSION_OPTIONS}
     name = str(name or "default")
     try:
-        s = Session(model, data, index=index, name=name, jobs=ctx.state.jobs, **kwargs)
+        s = Session(model, data, index=index, name=name, jobs=ctx.state.jobs, **values)
     except EverestError as e:
         raise at_param(e, cmd, "use") from e
     ctx.state.add_session(name, s, render)
