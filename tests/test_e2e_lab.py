@@ -389,8 +389,10 @@ def test_quickstart_notebook_with_sidebar(lab, page):
         shots.take("sidebar-after-page-reload")
 
     with step(shots, "switch-notebooks"):
-        page.evaluate(f"() => window.jupyterapp.commands.execute('docmanager:open', "
-                      f"{{path: '{SCRATCH}', factory: 'Notebook'}})")
+        # open, then activate: docmanager:open may leave a restored workspace's tab in front
+        page.evaluate(f"async () => {{ const app = window.jupyterapp; "
+                      f"const w = await app.commands.execute('docmanager:open', {{path: '{SCRATCH}', factory: 'Notebook'}}); "
+                      f"app.shell.activateById(w.id); }}")
         wait_js(page, JS_KERNEL_IDLE, SCRATCH, 90, f"the kernel of {SCRATCH} to be idle")
         expect(page.locator(f"{SIDEBAR} .everest-notebook")).to_contain_text(SCRATCH, timeout=STEP_S * 1000)
         expect_attr(page.locator(SIDEBAR), "data-status", "not-loaded")
