@@ -169,9 +169,16 @@ def test_blocks_sent_later_carry_only_list_entries_that_can_still_enter(digits_c
     assert blocks == 8 and lists < full, (lists, full)
 
 
+def holders(client, future) -> list[int]:
+    """Pids of the worker processes holding a future's data."""
+    pids = client.run(os.getpid)
+    return [pids[a] for a in client.who_has([future])[future.key]]
+
+
 def test_a_worker_killed_mid_build_reruns_its_blocks(digits_cnn, big_reference, tmp_path):
-    """SIGKILL one of two worker processes while the build runs: Dask reruns its blocks on
-    the other (and the restarted) worker; the index equals the in-process build."""
+    """SIGKILL, while the build runs, a worker process holding the model Dask was sent (the
+    memory manager may have dropped the other copy): Dask reruns its blocks on the other (and
+    the restarted) worker, the model is sent again; the index equals the in-process build."""
     model, _, _ = digits_cnn
     big, expected = big_reference
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
@@ -186,13 +193,40 @@ def test_a_worker_killed_mid_build_reruns_its_blocks(digits_cnn, big_reference, 
         while job.done_units == started and not job.is_done():       # and a first one came back
             time.sleep(0.01)
         assert not job.is_done() and job.done_units < job.total
-        os.kill(sorted(before)[0], signal.SIGKILL)
+        os.kill(holders(c, s.cluster.payload)[0], signal.SIGKILL)
         stats = job.result(timeout=300)
         assert worker_pids(c) != before                        # one worker died (and was restarted)
         assert "n" in stats["conv2"]
         assert_same_index(s, expected, ["conv2"])
         assert files(s.index_path) == referenced(s.index_path)
         s.close()
+    finally:
+        c.close()
+        cluster.close()
+
+
+def test_a_session_outlives_the_death_of_every_worker(digits_cnn, reference, tmp_path):
+    """SIGKILL both workers (their nannies start new, empty ones) after the session sent its
+    model and inputs: the next recompute and the next build send them again and equal the
+    in-process answers."""
+    model, x, _ = digits_cnn
+    ref, expected = reference
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    c = Client(cluster)
+    try:
+        with em.Session(model, list(x), index=tmp_path / "idx", batch_size=8, cluster=c) as s:
+            s.cluster.min_inputs = 100
+            sent = (s.cluster.payload.key, s.cluster._source.key)
+            for pid in worker_pids(c):
+                os.kill(pid, signal.SIGKILL)
+            c.wait_for_workers(2, timeout=120)
+            ids = np.arange(0, len(x), 3)
+            remote = s.runner.views([s.view("conv2")], ids)[0]
+            np.testing.assert_array_equal(remote, ref.runner.views([ref.view("conv2")], ids)[0])
+            assert (s.cluster.payload.key, s.cluster._source.key) != sent       # sent again
+            assert len(c.who_has([s.cluster.payload])[s.cluster.payload.key]) >= 1
+            s.build_index(["conv2"], wait=True)
+            assert_same_index(s, expected, ["conv2"])
     finally:
         c.close()
         cluster.close()

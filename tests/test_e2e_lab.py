@@ -127,6 +127,17 @@ def installed_build_is_the_repos() -> tuple[bool, str]:
     return False, "not installed"
 
 
+def test_kernels_import_this_checkout(tmp_path):
+    """A kernel started outside the repo (as the lab's are) imports everest_magic from this
+    checkout: an editable install re-pointed elsewhere makes every notebook cell fail."""
+    out = subprocess.run([sys.executable, "-c", "import everest_magic; print(everest_magic.__file__)"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    where = Path(out.stdout.strip()).resolve().parent if out.returncode == 0 else None
+    assert where == (REPO / "everest_magic").resolve(), (
+        f"outside the repo, everest_magic imports from {where} ({out.stderr.strip()[-200:]}); "
+        "reinstall: pip install -e . --no-deps")
+
+
 def test_served_sidebar_is_the_committed_build():
     """The browser test runs the sidebar built from this checkout, not a stale copy left by an
     earlier install (an editable install copies the build once)."""
@@ -142,8 +153,33 @@ def open_notebook(page, lab, path: str) -> None:
     page.goto(lab.lab_url(path))
     page.wait_for_selector(".jp-NotebookPanel", state="visible", timeout=90_000)
     wait_js(page, JS_KERNEL_IDLE, path, 90, f"the kernel of {path} to be idle")
+    page.evaluate("() => window.jupyterapp.restored.then(() => true)")
     plugin_on = page.evaluate("() => window.jupyterapp.isPluginActivated('everest_magic:sidebar')")
     assert plugin_on, "the everest_magic:sidebar plugin is not active in JupyterLab"
+
+
+JS_OPEN_AND_ACTIVATE = """async (path) => {
+  const app = window.jupyterapp;
+  await app.restored;
+  const w = await app.commands.execute('docmanager:open', {path, factory: 'Notebook'});
+  app.shell.activateById(w.id);
+}"""
+JS_CURRENT_PATH = "() => { const w = window.jupyterapp.shell.currentWidget; return w && w.context ? w.context.path : null; }"
+
+
+def bring_to_front(page, path: str) -> None:
+    """Open the notebook at `path`, wait for its kernel and make it the current widget; again
+    while a late restore of the workspace (or of the page's URL) puts another one in front."""
+    page.evaluate(JS_OPEN_AND_ACTIVATE, path)
+    wait_js(page, JS_KERNEL_IDLE, path, 90, f"the kernel of {path} to be idle")
+    for _ in range(10):
+        page.evaluate(JS_OPEN_AND_ACTIVATE, path)
+        page.wait_for_timeout(1000)
+        if page.evaluate(JS_CURRENT_PATH) == path:
+            page.wait_for_timeout(1000)
+            if page.evaluate(JS_CURRENT_PATH) == path:
+                return
+    raise AssertionError(f"{path} does not stay in front: {page.evaluate(JS_CURRENT_PATH)} is")
 
 
 def show_sidebar(page) -> None:
@@ -172,10 +208,16 @@ def run_all_cells(page) -> None:
                 raise
 
 
+def notebook_panel(page):
+    """The notebook panel in front: the shell's current widget (a restored workspace can show
+    two notebooks side by side, so `:visible` is not enough)."""
+    wid = page.evaluate("() => window.jupyterapp.shell.currentWidget.id")
+    return page.locator(f"[id='{wid}']")
+
+
 def code_cell(page, text: str):
-    """The visible notebook's code cell whose input contains `text`."""
-    nb = page.locator(".jp-NotebookPanel:visible")
-    return nb.locator(".jp-CodeCell").filter(
+    """The front notebook's code cell whose input contains `text`."""
+    return notebook_panel(page).locator(".jp-CodeCell").filter(
         has=page.locator(".jp-InputArea", has_text=text)).first
 
 
@@ -186,7 +228,7 @@ def select_cell_command_mode(page, cell) -> None:
 
 
 def add_cell_at_end_and_run(page, text: str) -> None:
-    last = page.locator(".jp-NotebookPanel:visible .jp-Cell").last
+    last = notebook_panel(page).locator(".jp-Cell").last
     select_cell_command_mode(page, last)
     page.keyboard.press("b")          # new cell below, selected
     page.keyboard.press("Enter")      # edit it
@@ -372,7 +414,7 @@ def test_quickstart_notebook_with_sidebar(lab, page):
         assert new_index == active + 1, (active, new_index)
         assert after[new_index] == text.rstrip(), (after[new_index], text)
         assert after[:new_index] == before[:new_index] and after[new_index + 1:] == before[new_index:]
-        inserted = page.locator(".jp-NotebookPanel:visible .jp-Cell").nth(new_index)
+        inserted = notebook_panel(page).locator(".jp-Cell").nth(new_index)
         inserted.scroll_into_view_if_needed()
         expect(inserted).to_contain_text("layer conv2")
         shots.take("history-entry-inserted-as-new-cell")
@@ -389,11 +431,7 @@ def test_quickstart_notebook_with_sidebar(lab, page):
         shots.take("sidebar-after-page-reload")
 
     with step(shots, "switch-notebooks"):
-        # open, then activate: docmanager:open may leave a restored workspace's tab in front
-        page.evaluate(f"async () => {{ const app = window.jupyterapp; "
-                      f"const w = await app.commands.execute('docmanager:open', {{path: '{SCRATCH}', factory: 'Notebook'}}); "
-                      f"app.shell.activateById(w.id); }}")
-        wait_js(page, JS_KERNEL_IDLE, SCRATCH, 90, f"the kernel of {SCRATCH} to be idle")
+        bring_to_front(page, SCRATCH)
         expect(page.locator(f"{SIDEBAR} .everest-notebook")).to_contain_text(SCRATCH, timeout=STEP_S * 1000)
         expect_attr(page.locator(SIDEBAR), "data-status", "not-loaded")
         expect(page.locator(EMPTY)).to_contain_text("%load_ext everest_magic")

@@ -248,12 +248,25 @@ class Cluster:
             blob = cloudpickle.dumps((None, model_factory, {k: v.detach().cpu() for k, v in model.state_dict().items()}))
         else:
             blob = cloudpickle.dumps((model, None, None))
-        payload = ModelPayload(token=secrets.token_hex(8), blob=blob, forward=runner.forward, collate=data.collate,
-                               batch_size=runner.batch_size, device=device)
-        self.payload = self.client.scatter(payload, broadcast=True, hash=False)
+        self._payload = ModelPayload(token=secrets.token_hex(8), blob=blob, forward=runner.forward,
+                                     collate=data.collate, batch_size=runner.batch_size, device=device)
+        self.payload = self._scatter(self._payload)
         self._source = None
         if load_shard is None and not data.is_array:   # a sequence or Dataset: sent once, read by range
-            self._source = self.client.scatter(data.data, broadcast=True, hash=False)
+            self._source = self._scatter(data.data)
+
+    def _scatter(self, value: Any) -> Any:
+        """One future for the whole value (a list scattered bare becomes a future per item)."""
+        return self.client.scatter([value], broadcast=True, hash=False)[0]
+
+    def _resend_lost(self) -> None:
+        """Scatter the model (and the inputs) again if the workers holding them died: Dask's
+        memory manager soon drops a broadcast's extra copies, so one SIGKILL can lose them,
+        and a task sent with a lost future is cancelled for "lost dependencies"."""
+        if self.payload.status != "finished":
+            self.payload = self._scatter(self._payload)
+        if self._source is not None and self._source.status != "finished":
+            self._source = self._scatter(self.data.data)
 
     @property
     def workers(self) -> int:
@@ -316,6 +329,7 @@ class Cluster:
         tries: dict[int, int] = {}
 
         def send(b: tuple[int, int]):
+            self._resend_lost()
             f = submit(b)
             block_of[f.key] = b
             return f
@@ -386,8 +400,15 @@ class Cluster:
         step = max(batch_size, -(-len(ids) // (2 * self.workers)) // batch_size * batch_size)
         parts = [ids[s:s + step] for s in range(0, len(ids), step)]
         ship = self.load_shard is None and self._source is None    # array data: send the rows
-        futures = [self.client.submit(_views_task, self.payload, self.data.data[part] if ship else self._source,
-                                      self.load_shard, list(views), part, sizes, ship, pure=False)
-                   for part in parts]
-        results = self.client.gather(futures)
+        for tries in range(BLOCK_TRIES + 1):
+            self._resend_lost()
+            futures = [self.client.submit(_views_task, self.payload, self.data.data[part] if ship else self._source,
+                                          self.load_shard, list(views), part, sizes, ship, pure=False)
+                       for part in parts]
+            try:
+                results = self.client.gather(futures)
+                break
+            except Exception as e:     # a worker died with the model: send it again
+                if not _lost(e) or tries == BLOCK_TRIES:
+                    raise
         return [np.concatenate([r[j] for r in results]) for j in range(len(views))]
