@@ -122,6 +122,27 @@ def test_activation_source_is_shared_by_queries_and_fetches(session):
     assert session.allowed([1, 4]).nonzero()[0].tolist() == [1, 4] and session.input_id(np.int64(7)) == 7
 
 
+def test_shapes_of_views_not_indexed_come_from_the_layer_shape(digits_cnn, tmp_path):
+    """A built-in view's shape is derived from its layer's output shape (one input through the
+    model once per layer), equal to running the view on a whole batch; a user function's view
+    still runs it."""
+    model, x, _ = digits_cnn
+    s = em.Session(model, x, index=tmp_path / "i.h5", batch_size=16)
+    s.add_view("conv2_top", "conv2", lambda out, batch: out[:, :3, 0])
+    try:
+        names = ("conv1", "conv1:mean", "conv2", "conv2:mean", "conv2:max", "fc1", "conv2_top")
+        shapes = {name: s.shape(name) for name in names}
+        for name in names:
+            assert shapes[name] == s.runner.view_shapes([s.view(name)])[0], name
+        assert shapes["conv2"] == (16, 4, 4) and shapes["conv2:max"] == (16,) and shapes["conv2_top"] == (3, 4)
+        passes = s.runner.forward_passes
+        assert [s.shape(name) for name in names[:-1]] == [shapes[n] for n in names[:-1]]   # layers seen: no pass
+        assert s.runner.forward_passes == passes
+        assert s.shape("conv2_top") == (3, 4) and s.runner.forward_passes == passes + 1
+    finally:
+        s.close()
+
+
 def test_job_progress_and_result(digits_cnn, tmp_path):
     model, x, _ = digits_cnn
     s = em.Session(model, x, index=tmp_path / "j.h5", batch_size=16)

@@ -27,6 +27,10 @@ def text_session(tmp_path_factory):
 def test_text_view_shape_and_masking(text_session):
     s, A, sentences, tok = text_session
     assert A.shape == (len(sentences), 1536)
+    for name in ("encoder.layer.2.intermediate:token_mean", "encoder.layer.2.intermediate:token_max",
+                 "encoder.layer.2.intermediate"):    # not indexed: from the layer's shape
+        assert s.shape(name) == s.runner.view_shapes([s.view(name)])[0], name
+    assert s.shape("encoder.layer.2.intermediate:token_max") == (1536,)
     # padding must not change a sentence's view: same sentence, other batch companions
     a = s.external_activations("encoder.layer.3.intermediate:token_mean", sentences[5])
     np.testing.assert_array_equal(a, A[5])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import difflib
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 
 class EverestError(Exception):
@@ -86,3 +86,9 @@ def suggest(name: str, valid: Iterable[str], n: int = 3) -> list[str]:
     if not close:
         close = [v for v in valid if v.startswith(name) or name.startswith(v)][:n]
     return close
+
+
+def brief(value: Any, n: int = 60) -> str:
+    """repr(value), cut to n characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= n else text[:n - 3] + "..."

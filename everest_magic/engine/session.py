@@ -16,7 +16,7 @@ from .build import build_views, extend_views
 from .cache import ActivationCache
 from .config import SessionConfig
 from .data import DataAdapter, concat_data
-from .errors import QueryError, UnknownNameError, about
+from .errors import QueryError, UnknownNameError, about, brief
 from .jobs import Job, JobManager
 from .model import Runner, model_fingerprint
 from .result import QueryStats, Result
@@ -133,12 +133,17 @@ class Session:
             self._check_reduction(v)
         return v
 
+    def _layer_shape(self, layer: str) -> tuple | None:
+        """Output shape of one input of `layer` (None if not a tensor); one forward pass of one
+        input the first time a layer is asked."""
+        if layer not in self._layer_shapes:
+            self._layer_shapes[layer] = self.source.locked(self.runner.layer_shapes, [layer]).get(layer)
+        return self._layer_shapes[layer]
+
     def _check_reduction(self, v: View) -> None:
         """Refuse a channel view of a layer without channels, or a token view of a layer whose
-        output is not (tokens, features) per input (one forward pass of one input per layer)."""
-        if v.layer not in self._layer_shapes:
-            self._layer_shapes[v.layer] = self.source.locked(self.runner.layer_shapes, [v.layer]).get(v.layer)
-        shape = self._layer_shapes[v.layer]
+        output is not (tokens, features) per input."""
+        shape = self._layer_shape(v.layer)
         if shape is None:   # not a tensor output: a custom view decides
             return
         if v.reduce in ("mean", "max") and len(shape) < 2:
@@ -170,7 +175,8 @@ class Session:
         v = self.view(view)
         if v.name in self.store.views:
             return self.store.views[v.name].shape
-        return self.source.view_shapes([v])[0]
+        layer = self._layer_shape(v.layer) if v.fn is None else None
+        return v.shape_from(layer) if layer is not None else self.source.view_shapes([v])[0]
 
     # -- building -------------------------------------------------------------------------
     def build_index(self, views: str | Iterable[str], wait: bool = False, *, partitions: int | None = None,
@@ -589,10 +595,5 @@ def _flat(ids: Any) -> np.ndarray:
     except (TypeError, ValueError):
         arr = np.array([None])
     if arr.ndim != 1 or arr.dtype == object:
-        raise QueryError(f"input ids must be an int or a flat collection of ints, got {_short(ids)}")
+        raise QueryError(f"input ids must be an int or a flat collection of ints, got {brief(ids, 80)}")
     return arr
-
-
-def _short(value: Any, n: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= n else text[:n - 3] + "..."

@@ -35,6 +35,15 @@ class View:
         layer, _, red = name.partition(":")
         return View(name=name, layer=layer, reduce=red or None)
 
+    def shape_from(self, layer_shape: tuple) -> tuple | None:
+        """Per-input shape of this view from its layer's per-input output shape, without a
+        forward pass (None for a user function: only running it tells)."""
+        if self.fn is not None:
+            return None
+        if self.reduce is None:
+            return tuple(layer_shape)
+        return tuple(layer_shape[:1]) if self.reduce in ("mean", "max") else tuple(layer_shape[1:])
+
     def apply(self, out: torch.Tensor, batch: Any) -> torch.Tensor:
         """The view of a batch's layer output, flattened to (batch, neurons) float32."""
         v = self.apply_shaped(out, batch)

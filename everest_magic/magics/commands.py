@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from ..engine import Job, Session
-from ..engine.errors import EverestError, JobCancelled, QueryError, UnknownNameError
+from ..engine.errors import EverestError, JobCancelled, QueryError, UnknownNameError, brief
 from ..engine.query import make_aggregation
 from . import parser as P
 from .state import KernelState, result_summary
@@ -114,7 +114,7 @@ def _use_value(key: str, value: Any, ns: dict) -> Any:
     out = P.resolve(value, ns)
     kind = P.USE_OPTIONS[key]
     if isinstance(value, P.Expr) and not _fits(kind, out):
-        raise P.error_at(value, f"{key}= needs {USE_KINDS[kind]}, got {_brief(out)}")
+        raise P.error_at(value, f"{key}= needs {USE_KINDS[kind]}, got {brief(out)}")
     return out
 
 
@@ -301,7 +301,7 @@ def _filter_values(f: P.Filter, ns: dict) -> list:
         for v in values:
             if not (P._as_index(v) is not None if f.field == "ids" else _single(v)):
                 what = "input ids (ints)" if f.field == "ids" else "labels"
-                raise P.error_at(item, f"{{{item.text}}} gave {_brief(value)}; where {f.field} needs {what}: "
+                raise P.error_at(item, f"{{{item.text}}} gave {brief(value)}; where {f.field} needs {what}: "
                                        "one value or a flat collection of them")
         out.extend(values)
     return out
@@ -323,11 +323,6 @@ def _values_of(value: Any) -> list:
         except TypeError:
             return list(value)
     return list(value)
-
-
-def _brief(value: Any, n: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= n else text[:n - 3] + "..."
 
 
 def run_resolved(s: Session, cmd: P.QueryCommand, q: dict):
