@@ -65,13 +65,25 @@ def worker_pids(client) -> set[int]:
     return set(client.run(os.getpid).values())
 
 
+def one_copy(client, future, timeout_s: float = 30) -> None:
+    """Wait for Dask's memory manager to drop all but one copy of a broadcast future (as it
+    does within seconds): Dask then sends every task that needs it to that one worker unless
+    told otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while len(client.who_has([future])[future.key]) > 1:
+        assert time.monotonic() < deadline, "the memory manager kept every copy of the model"
+        time.sleep(0.2)
+
+
 def test_distributed_build_equals_the_in_process_build(digits_cnn, reference, client, tmp_path):
     """Same arrays, same answers (ids and order) for every query kind, and both worker
-    processes ran blocks of the pass (seen by the scheduler's task stream)."""
+    processes ran blocks of the pass (seen by the scheduler's task stream), even when only
+    one of them holds the model."""
     model, x, y = digits_cnn
     ref, expected = reference
     with get_task_stream(client) as ts:
         with em.Session(model, x, index=tmp_path / "idx", batch_size=8, labels=y, cluster=client) as s:
+            one_copy(client, s.cluster.payload)
             stats = s.build_index(VIEWS, wait=True).result()
             assert_same_index(s, expected)
             rng = np.random.default_rng(3)
@@ -133,6 +145,7 @@ def test_large_recomputes_run_on_the_cluster(digits_cnn, reference, client, tmp_
     ref, _ = reference
     with em.Session(model, x, index=tmp_path / "idx", batch_size=8, labels=y, cluster=client) as s:
         s.cluster.min_inputs = 500
+        one_copy(client, s.cluster.payload)
         views = [s.view("conv2"), s.view("fc1")]
         ids = np.random.default_rng(0).permutation(len(x))[:1200]
         with get_task_stream(client) as ts:

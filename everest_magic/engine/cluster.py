@@ -215,6 +215,13 @@ def _identity(x: Any) -> Any:
     return x
 
 
+def _prefer(worker: str | None) -> dict:
+    """Submit options that spread tasks over the workers. Dask only considers the workers that
+    hold a task's inputs, and its memory manager soon keeps one copy of the model: without a
+    preference every block would queue on that one worker. Loose: if it dies, any other runs it."""
+    return {} if worker is None else {"workers": [worker], "allow_other_workers": True}
+
+
 def _views_task(payload: ModelPayload, source: Any, load: LoadShard | None, views: list[View],
                 ids: np.ndarray, sizes: Sequence[int] | None, shipped: bool) -> list[np.ndarray]:
     """On a worker: activations of `views` for the inputs `ids` (as `Runner.views`); `source`
@@ -254,6 +261,9 @@ class Cluster:
         self._source = None
         if load_shard is None and not data.is_array:   # a sequence or Dataset: sent once, read by range
             self._source = self._scatter(data.data)
+
+    def _addresses(self) -> list[str | None]:
+        return sorted(self.client.scheduler_info(n_workers=-1)["workers"]) or [None]
 
     def _scatter(self, value: Any) -> Any:
         """One future for the whole value (a list scattered bare becomes a future per item)."""
@@ -316,25 +326,27 @@ class Cluster:
         merged when it was sent (`list_floors`)."""
         from distributed import as_completed
         blocks = [(b0, min(n, b0 + width)) for b0 in range(0, n, width)]
-        window = 2 * self.workers
+        addresses = self._addresses()
+        window = 2 * len(addresses)
         # a task's argument rather than scattered data: if the workers holding it die, the
         # scheduler makes it again
         cuts_f = self.client.submit(_identity, list(cuts), pure=False)
         merged: list[dict | None] = [None] * len(views)
-        submit = lambda b: self.client.submit(
-            _block_task, self.payload, self._source_for(*b), self.load_shard, views, cuts_f, t, b[0], b[1], width,
-            [None if m is None else list_floors(m, t) for m in merged], pure=False)
         pending = iter(blocks)
         block_of: dict[str, tuple[int, int]] = {}
+        worker_of: dict[str, str | None] = {}
         tries: dict[int, int] = {}
 
-        def send(b: tuple[int, int]):
+        def send(b: tuple[int, int], worker: str | None):
             self._resend_lost()
-            f = submit(b)
-            block_of[f.key] = b
+            f = self.client.submit(
+                _block_task, self.payload, self._source_for(*b), self.load_shard, views, cuts_f, t, b[0], b[1], width,
+                [None if m is None else list_floors(m, t) for m in merged], pure=False, **_prefer(worker))
+            block_of[f.key], worker_of[f.key] = b, worker
             return f
 
-        running = as_completed([send(b) for b in itertools.islice(pending, window)])
+        running = as_completed([send(b, addresses[i % len(addresses)])
+                                for i, b in enumerate(itertools.islice(pending, window))])
         clock = {"model": 0.0, "fold": 0.0, "tasks": 0.0, "bytes_pids": 0, "bytes_summaries": 0,
                  "merge_write": 0.0}
         per_worker: dict[int, int] = {}
@@ -344,13 +356,14 @@ class Cluster:
                 block = block_of.pop(future.key, None)
                 if block is None:       # seen already
                     continue
+                worker = worker_of.pop(future.key)
                 try:
                     res = future.result()
                 except Exception as e:   # its worker died (and Dask gave up on it): send it again
                     if not _lost(e) or tries.get(block[0], 0) >= BLOCK_TRIES:
                         raise
                     tries[block[0]] = tries.get(block[0], 0) + 1
-                    running.add(send(block))
+                    running.add(send(block, None))
                     continue
                 if res["start"] in finished:    # never fold a block in twice
                     continue
@@ -369,8 +382,8 @@ class Cluster:
                 per_worker[res["pid"]] = per_worker.get(res["pid"], 0) + 1
                 future.release()
                 nxt = next(pending, None)
-                if nxt is not None:
-                    running.add(send(nxt))
+                if nxt is not None:     # to the worker whose slot this block freed
+                    running.add(send(nxt, worker))
                 if job is not None:
                     by_worker = ", ".join(str(c) for c in sorted(per_worker.values(), reverse=True))
                     job.phase = (f"one pass over the data on {self.workers} Dask workers: block {len(finished)} of "
@@ -402,9 +415,11 @@ class Cluster:
         ship = self.load_shard is None and self._source is None    # array data: send the rows
         for tries in range(BLOCK_TRIES + 1):
             self._resend_lost()
+            addresses = self._addresses()
             futures = [self.client.submit(_views_task, self.payload, self.data.data[part] if ship else self._source,
-                                          self.load_shard, list(views), part, sizes, ship, pure=False)
-                       for part in parts]
+                                          self.load_shard, list(views), part, sizes, ship, pure=False,
+                                          **_prefer(addresses[i % len(addresses)]))
+                       for i, part in enumerate(parts)]
             try:
                 results = self.client.gather(futures)
                 break

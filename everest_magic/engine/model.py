@@ -148,8 +148,11 @@ class Runner:
         ids = np.asarray(ids, dtype=np.int64)
         sizes = sorted(sizes or (self.batch_size,))
         size = next(b for b in sizes if b >= len(ids))
-        padded = np.concatenate([ids, np.full(size - len(ids), ids[0])]) if len(ids) < size else ids
-        batch = self.data.batch(padded)
+        return self.view_rows(views, self.data.batch(pad_ids(ids, size)), ids)
+
+    def view_rows(self, views: Sequence[View], batch: Any, ids: np.ndarray) -> list[torch.Tensor]:
+        """Activations of `views` for the first len(ids) inputs of a loaded `batch` (`ids` name
+        them in errors)."""
         outs = self.capture(sorted({v.layer for v in views}), batch, ids)
         return [v.apply(outs[v.layer], batch)[: len(ids)] for v in views]
 
@@ -185,6 +188,11 @@ class Runner:
             for h in handles:
                 h.remove()
         return outs
+
+
+def pad_ids(ids: np.ndarray, size: int) -> np.ndarray:
+    """`ids` padded to `size` with copies of the first: the canonical form of a short batch."""
+    return np.concatenate([ids, np.full(size - len(ids), ids[0])]) if len(ids) < size else ids
 
 
 def forward_error(e: Exception, layers: Sequence[str], ids: np.ndarray | None) -> ModelError:

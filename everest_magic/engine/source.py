@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .cache import ActivationCache
-from .model import Runner
+from .model import Runner, pad_ids
 from .result import QueryStats
 from .views import View
 
@@ -199,12 +199,10 @@ def _run_shared(parts: list[tuple[ActivationSource, Sequence[View]]], ids: np.nd
     chunks: list[list[list[np.ndarray]]] = [[[] for _ in views] for _, views in parts]
     for start in range(0, len(ids), size):
         part = ids[start:start + size]
-        padded = np.concatenate([part, np.full(size - len(part), part[0])]) if len(part) < size else part
-        batch = first.locked(first.runner.data.batch, padded)
+        batch = first.locked(first.runner.data.batch, pad_ids(part, size))
         for (src, views), rows in zip(parts, chunks):
-            outs = src.capture(sorted({v.layer for v in views}), batch, part)
-            for v, r in zip(views, rows):
-                r.append(v.apply(outs[v.layer], batch)[: len(part)].cpu().numpy())
+            for r, tensor in zip(rows, src.locked(src.runner.view_rows, views, batch, part)):
+                r.append(tensor.cpu().numpy())
     return [[np.concatenate(r) for r in rows] for rows in chunks]
 
 
