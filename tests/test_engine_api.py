@@ -139,6 +139,9 @@ def test_shapes_of_views_not_indexed_come_from_the_layer_shape(digits_cnn, tmp_p
         assert [s.shape(name) for name in names[:-1]] == [shapes[n] for n in names[:-1]]   # layers seen: no pass
         assert s.runner.forward_passes == passes
         assert s.shape("conv2_top") == (3, 4) and s.runner.forward_passes == passes + 1
+        mixed = [s.view(name) for name in ("conv2", "conv2_top", "fc1", "conv2_top")]   # as inspect asks
+        assert s.source.view_shapes(mixed) == [shapes["conv2"], (3, 4), shapes["fc1"], (3, 4)]
+        assert s.runner.forward_passes == passes + 2                                   # one batch for both
     finally:
         s.close()
 

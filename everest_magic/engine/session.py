@@ -101,7 +101,6 @@ class Session:
                                 cache_bytes=config.index_cache_bytes, rebuild=config.rebuild)
         self.source = ActivationSource(self.runner, self.cache)   # activations by id, under the model lock
         self._custom: dict[str, View] = {}
-        self._layer_shapes: dict[str, tuple | None] = {}   # layer -> output shape of one input
         self._build_lock = threading.RLock()
         self._builds: dict[str, Job] = {}   # view -> the latest background build that makes it
         self._own_jobs = jobs is None
@@ -133,17 +132,10 @@ class Session:
             self._check_reduction(v)
         return v
 
-    def _layer_shape(self, layer: str) -> tuple | None:
-        """Output shape of one input of `layer` (None if not a tensor); one forward pass of one
-        input the first time a layer is asked."""
-        if layer not in self._layer_shapes:
-            self._layer_shapes[layer] = self.source.locked(self.runner.layer_shapes, [layer]).get(layer)
-        return self._layer_shapes[layer]
-
     def _check_reduction(self, v: View) -> None:
         """Refuse a channel view of a layer without channels, or a token view of a layer whose
         output is not (tokens, features) per input."""
-        shape = self._layer_shape(v.layer)
+        shape = self.source.layer_shape(v.layer)
         if shape is None:   # not a tensor output: a custom view decides
             return
         if v.reduce in ("mean", "max") and len(shape) < 2:
@@ -175,8 +167,7 @@ class Session:
         v = self.view(view)
         if v.name in self.store.views:
             return self.store.views[v.name].shape
-        layer = self._layer_shape(v.layer) if v.fn is None else None
-        return v.shape_from(layer) if layer is not None else self.source.view_shapes([v])[0]
+        return self.source.view_shapes([v])[0]
 
     # -- building -------------------------------------------------------------------------
     def build_index(self, views: str | Iterable[str], wait: bool = False, *, partitions: int | None = None,

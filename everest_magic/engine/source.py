@@ -32,6 +32,7 @@ class ActivationSource:
         # view -> (batch sizes bit-identical to batch_size, (c0, c1): seconds a batch = c0 + c1 * size)
         self._batching: dict[str, tuple[tuple[int, ...], tuple[float, float]]] = {}
         self._check_rows: dict[str, int] = {}   # rows each view's batch-size check ran
+        self._layer_shapes: dict[str, tuple | None] = {}   # layer -> output shape of one input
 
     # -- the model, under its lock --------------------------------------------------------
     def locked(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -51,9 +52,23 @@ class ActivationSource:
         """`Runner.views` (one array (len(ids), m) per view) under the model lock; no cache."""
         return self.locked(self.runner.views, views, ids, sizes)
 
+    def layer_shape(self, layer: str) -> tuple | None:
+        """Output shape of one input of `layer` (None if not a tensor); one input through the
+        model the first time a layer is asked."""
+        if layer not in self._layer_shapes:
+            self._layer_shapes[layer] = self.locked(self.runner.layer_shapes, [layer]).get(layer)
+        return self._layer_shapes[layer]
+
     def view_shapes(self, views: Sequence[View]) -> list[tuple]:
-        """Per-input shape of each view (one batch, under the model lock)."""
-        return self.locked(self.runner.view_shapes, views)
+        """Per-input shape of each view: a built-in view's from its layer's shape, a user
+        function's from one batch (under the model lock) of all such views."""
+        shapes = []
+        for v in views:
+            layer = self.layer_shape(v.layer) if v.fn is None else None
+            shapes.append(v.shape_from(layer) if layer is not None else None)
+        run = [v for v, shape in zip(views, shapes) if shape is None]
+        ran = iter(self.locked(self.runner.view_shapes, run) if run else ())
+        return [shape if shape is not None else next(ran) for shape in shapes]
 
     # -- batch sizes --------------------------------------------------------------------------
     def batch_sizes(self, view: View) -> tuple[int, ...]:

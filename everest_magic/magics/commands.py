@@ -79,7 +79,6 @@ def at_span(e: EverestError, span: P.Span) -> P.QuerySyntaxError:
 # -- use / layers / index ---------------------------------------------------------------------
 
 
-
 def do_use(cmd: P.UseCommand, ctx: MagicContext) -> Any:
     name = P.resolve(cmd.name, ctx.ns) if cmd.name is not None else None
     opts = dict(cmd.options)
