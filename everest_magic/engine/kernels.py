@@ -41,6 +41,7 @@ def _start_threads_passive() -> None:
 
 _start_threads_passive()
 
+
 @njit(inline="always")
 def _pid8(cuts, j, v):
     """Number of cuts <= v among neuron j's 255 padded cuts (P <= 256)."""
